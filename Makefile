@@ -1,0 +1,32 @@
+# The two-command quick start: `make run` and `make test`.
+# Both create .venv and install the pinned dependencies on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+WORKDIR ?= workdir/quickstart
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev,peers,plots]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+## Quick start: fetch SmolLM2-135M (once) and run configs/quickstart.py.
+run: $(STAMP)
+	$(PY) -m experiments.run --config=configs/quickstart.py --workdir=$(WORKDIR)
+
+## All tests, including the real-model ones marked slow (CI runs this).
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+
+## Tests without the real-model ones.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) workdir .pytest_cache

@@ -1,0 +1,15 @@
+"""Decoder LMs (Llama / Qwen2), KV cache, loaders, tokenizers and named assets."""
+
+from specjax.models.cache import KVBlock, KVCache, abstract_cache, commit, init_cache
+from specjax.models.config import ModelConfig, from_hf_config, to_hf_config
+from specjax.models.decoder import (
+    ForwardOutput,
+    attention_mask,
+    causal_mask,
+    decode_step,
+    forward,
+    logits_from_hidden,
+    prefill,
+    transformer,
+)
+from specjax.models.params import abstract_params, init_params, param_shapes

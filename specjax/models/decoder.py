@@ -1,0 +1,225 @@
+"""Decoder-only transformer of the Llama and Qwen2 families, as pure functions.
+
+RMSNorm, rotary position embeddings (HF "rotate_half" layout, base
+`cfg.rope_theta`), grouped-query attention, SwiGLU MLP, optional q/k/v bias
+(Qwen2), tied or untied output embeddings. Layers are stacked and scanned.
+
+The central function is `forward`: it runs T new tokens at explicit positions
+against a read-only `KVCache`, under an explicit boolean attention mask over
+`[cache slots ++ new tokens]`, and returns the logits plus the keys/values of
+the new tokens (a `KVBlock`). A padded token tree is verified with one call by
+passing the tree's ancestor mask; `cache.commit` keeps the accepted path.
+`prefill` and `decode_step` are the two autoregressive special cases.
+
+Letters: B batch, T new tokens, S cache slots, D model dim, N query heads,
+K kv heads, G = N / K query heads per kv head, H head dim, F MLP dim, V vocab,
+L layers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from specjax.models.cache import KVBlock, KVCache, commit
+from specjax.models.config import ModelConfig
+from specjax.models.params import Params
+
+
+class ForwardOutput(NamedTuple):
+    logits: jax.Array  # [B, T, V] float32
+    kv: KVBlock  # [L, B, T, K, H]
+    hidden: jax.Array  # [B, T, D] last layer output after the final norm
+    layer_hidden: jax.Array | None  # [len(hidden_layers), B, T, D] or None
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return (xf.astype(x.dtype) * w).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding in the HF layout. x: [B, T, heads, H]; positions: [B, T]."""
+    H = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))  # [H/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_mask(cache_length: jax.Array, max_len: int, new_mask: jax.Array) -> jax.Array:
+    """Mask over `[cache slots ++ new tokens]`.
+
+    Args:
+      cache_length: int32[B] committed slots per row; slot j is visible iff
+        j < cache_length[b].
+      max_len: S, the number of cache slots.
+      new_mask: bool[B, T, T], which new tokens each new token attends to
+        (causal for a sequence, the ancestor mask for a tree).
+
+    Returns:
+      bool[B, T, S + T].
+    """
+    B, T, _ = new_mask.shape
+    slots = jnp.arange(max_len)[None, None, :] < cache_length[:, None, None]  # [B, 1, S]
+    return jnp.concatenate([jnp.broadcast_to(slots, (B, T, max_len)), new_mask], axis=-1)
+
+
+def causal_mask(batch: int, t: int) -> jax.Array:
+    """bool[B, T, T] lower-triangular mask for T new tokens in sequence."""
+    return jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (batch, t, t))
+
+
+def _attention(cfg: ModelConfig, q, k_new, v_new, k_cache, v_cache, mask):
+    """q: [B,T,N,H]; k/v_new: [B,T,K,H]; k/v_cache: [B,S,K,H]; mask: [B,T,S+T]."""
+    B, T, N, H = q.shape
+    K, G, S = cfg.num_kv_heads, cfg.q_per_kv, k_cache.shape[1]
+    q = q.reshape(B, T, K, G, H) * (H**-0.5)
+    s_cache = jnp.einsum("btkgh,bskh->bkgts", q, k_cache, preferred_element_type=jnp.float32)
+    s_new = jnp.einsum("btkgh,bukh->bkgtu", q, k_new, preferred_element_type=jnp.float32)
+    scores = jnp.concatenate([s_cache, s_new], axis=-1)  # [B, K, G, T, S+T]
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_new.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs[..., :S], v_cache) + jnp.einsum(
+        "bkgtu,bukh->btkgh", probs[..., S:], v_new
+    )
+    return out.reshape(B, T, N * H)
+
+
+def _layer(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
+    """One transformer block. x: [B, T, D]; lp: this layer's params."""
+    B, T, _ = x.shape
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    h = rms_norm(x, lp["attn_norm"], cfg.norm_eps)
+    q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+    if cfg.qkv_bias:
+        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    q = rope(q.reshape(B, T, N, H), positions, cfg.rope_theta)
+    k = rope(k.reshape(B, T, K, H), positions, cfg.rope_theta)
+    v = v.reshape(B, T, K, H)
+    x = x + _attention(cfg, q, k, v, k_cache, v_cache, mask) @ lp["wo"]
+    h = rms_norm(x, lp["mlp_norm"], cfg.norm_eps)
+    x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+    return x, k, v
+
+
+def transformer(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: jax.Array,
+    positions: jax.Array,
+    cache: KVCache,
+    mask: jax.Array,
+    hidden_layers: tuple[int, ...] = (),
+):
+    """Runs the layers; returns (hidden after final norm [B,T,D], KVBlock, layer_hidden).
+
+    `layer_hidden[j]` is the residual stream after layer `hidden_layers[j]`
+    (0-based; -1 means the embeddings).
+    """
+    x = params["embed"][tokens]  # [B, T, D]
+
+    def body(x, xs):
+        lp, kc, vc = xs
+        y, k, v = _layer(cfg, x, lp, kc, vc, positions, mask)
+        return y, (k, v, y if hidden_layers else None)
+
+    x_emb = x
+    x, (k, v, ys) = jax.lax.scan(body, x, (params["layers"], cache.k, cache.v))
+    layer_hidden = None
+    if hidden_layers:
+        all_h = jnp.concatenate([x_emb[None], ys], axis=0)  # [L+1, B, T, D]
+        layer_hidden = all_h[jnp.asarray(hidden_layers) + 1]
+    h = rms_norm(x, params["final_norm"], cfg.norm_eps)
+    return h, KVBlock(k=k, v=v), layer_hidden
+
+
+def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
+    """[..., D] -> [..., V] float32 logits."""
+    w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+    return jnp.matmul(h, w, preferred_element_type=jnp.float32)
+
+
+def forward(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: jax.Array,
+    positions: jax.Array,
+    cache: KVCache,
+    mask: jax.Array,
+    hidden_layers: tuple[int, ...] = (),
+) -> ForwardOutput:
+    """Runs T new tokens against the cache.
+
+    Args:
+      params: parameter pytree (see `models.params`).
+      cfg: static model config.
+      tokens: int32[B, T] new tokens (e.g. root ++ draft tree nodes).
+      positions: int32[B, T] their position ids (for a tree:
+        cache.length + depth).
+      cache: committed keys/values; read only.
+      mask: bool[B, T, S + T] attention mask over [cache slots ++ new tokens]
+        (see `attention_mask`). Every row must allow at least one key.
+      hidden_layers: static tuple of layer indices whose outputs to return.
+
+    Returns:
+      ForwardOutput(logits [B,T,V], kv [L,B,T,K,H], hidden [B,T,D],
+      layer_hidden). Commit `kv` with `cache.commit` to keep tokens.
+    """
+    h, kv, layer_hidden = transformer(params, cfg, tokens, positions, cache, mask, hidden_layers)
+    return ForwardOutput(logits_from_hidden(params, cfg, h), kv, h, layer_hidden)
+
+
+def prefill(
+    params: Params, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
+    """Appends right-padded prompts to the cache.
+
+    Args:
+      tokens: int32[B, P] right-padded prompt tokens.
+      lengths: int32[B] real prompt lengths (>= 1).
+      cache: cache to extend (usually empty); row b continues at
+        cache.length[b].
+
+    Returns:
+      (logits of the last real prompt token [B, V], updated cache).
+    """
+    B, P = tokens.shape
+    positions = cache.length[:, None] + jnp.arange(P)[None, :]
+    mask = attention_mask(cache.length, cache.max_len, causal_mask(B, P))
+    h, kv, _ = transformer(params, cfg, tokens, positions, cache, mask)
+    last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, D]
+    path = jnp.broadcast_to(jnp.arange(P)[None], (B, P))
+    return logits_from_hidden(params, cfg, last), commit(cache, kv, path, lengths)
+
+
+def decode_step(
+    params: Params,
+    cfg: ModelConfig,
+    token: jax.Array,
+    cache: KVCache,
+    active: jax.Array | None = None,
+) -> tuple[jax.Array, KVCache]:
+    """One autoregressive step.
+
+    Args:
+      token: int32[B] the last token of each row (not yet in the cache).
+      cache: committed keys/values.
+      active: optional bool[B]; inactive rows (finished ones) do not grow
+        their cache.
+
+    Returns:
+      (logits of the next token [B, V], cache with `token` appended).
+    """
+    B = token.shape[0]
+    positions = cache.length[:, None]
+    mask = attention_mask(cache.length, cache.max_len, causal_mask(B, 1))
+    out = forward(params, cfg, token[:, None], positions, cache, mask)
+    count = jnp.ones((B,), jnp.int32) if active is None else active.astype(jnp.int32)
+    return out.logits[:, 0], commit(cache, out.kv, jnp.zeros((B, 1), jnp.int32), count)
