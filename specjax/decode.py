@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.models import cache as kvcache
+from specjax import trees
 from specjax.models import decoder
 from specjax.models.config import ModelConfig
-from specjax.sampling import GREEDY, Sampling, sample
+from specjax.models.lm import LanguageModel, as_lm
+from specjax.sampling import GREEDY, Sampling, process_logits, sample
 
 
 @flax.struct.dataclass
@@ -131,7 +132,7 @@ def append_tokens(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "eos_ids", "max_len")
+    jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_ids", "max_len")
 )
 def autoregressive_loop(
     params,
@@ -139,7 +140,7 @@ def autoregressive_loop(
     lengths: jax.Array,
     key: jax.Array,
     *,
-    cfg: ModelConfig,
+    model: LanguageModel,
     max_new_tokens: int,
     sampling: Sampling,
     eos_ids: tuple[int, ...],
@@ -147,8 +148,8 @@ def autoregressive_loop(
 ) -> GenerateOutput:
     """Jitted prefill + `lax.while_loop` of decode steps (see `autoregressive_generate`)."""
     B = tokens.shape[0]
-    cache = kvcache.init_cache(cfg, B, max_len)
-    logits, cache = decoder.prefill(params, cfg, tokens, lengths, cache)
+    cache = model.init_cache(B, max_len)
+    logits, cache = model.prefill(params, tokens, lengths, cache)
     key, sub = jax.random.split(key)
     first = sample(sub, logits, sampling)
     out = jnp.zeros((B, max_new_tokens), jnp.int32)
@@ -162,7 +163,7 @@ def autoregressive_loop(
 
     def body(c):
         active = ~c["done"]
-        logits, cache = decoder.decode_step(params, cfg, c["last"], c["cache"], active)
+        logits, cache = model.decode_step(params, c["last"], c["cache"], active)
         key, sub = jax.random.split(c["key"])
         tok = sample(sub, logits, sampling)
         out, num, finished = append_tokens(
@@ -213,7 +214,7 @@ def to_generation(out: GenerateOutput) -> Generation:
 
 def autoregressive_generate(
     params,
-    cfg: ModelConfig,
+    model: ModelConfig | LanguageModel,
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
@@ -225,7 +226,8 @@ def autoregressive_generate(
     """Autoregressive generation, the baseline every speculative method is measured against.
 
     Args:
-      params, cfg: the model.
+      params: the model parameters.
+      model: its `ModelConfig` (a transformer) or any `LanguageModel`.
       prompts: token id lists (one per row, any lengths >= 1).
       max_new_tokens: tokens to generate per row at most.
       sampling: temperature / top-k / top-p; greedy by default.
@@ -236,13 +238,198 @@ def autoregressive_generate(
     Returns:
       `Generation` with the new tokens of each row and its target forwards.
     """
+    model = as_lm(model)
     tokens, lengths = pad_prompts(prompts)
-    check_tokens(tokens, cfg.vocab_size)
+    check_tokens(tokens, model.vocab_size)
     max_len = max_len or cache_size(tokens.shape[1], max_new_tokens)
     check_capacity(lengths, max_new_tokens, max_len)
     out = autoregressive_loop(
         params, jnp.asarray(tokens), jnp.asarray(lengths),
         jax.random.key(0) if key is None else key,
-        cfg=cfg, max_new_tokens=max_new_tokens, sampling=sampling,
+        model=model, max_new_tokens=max_new_tokens, sampling=sampling,
         eos_ids=tuple(int(e) for e in eos_ids), max_len=max_len)
     return to_generation(out)
+
+
+# --------------------------------------------------------------------------
+# Speculative decoding
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One speculative decoding method = drafter x policy x verifier.
+
+    Attributes:
+      drafter: a `specjax.drafters` drafter (static, hashable).
+      verifier: a `specjax.verify` verifier, `verify(key, tree, target_probs,
+        draft_probs) -> VerifyResult` (static, hashable).
+      policy: optional `specjax.policies` policy that masks tree nodes before
+        verification (None = verify every drafted node).
+    """
+
+    drafter: Any
+    verifier: Any
+    policy: Any = None
+
+
+@flax.struct.dataclass
+class SpecStats:
+    """Per-row counters of a speculative run.
+
+    target_calls: int32[B] target forwards (prefill included);
+    steps: int32[B] draft-verify steps;
+    accept_hist: int32[B, N] number of steps that accepted exactly k drafts.
+    """
+
+    target_calls: jax.Array
+    steps: jax.Array
+    accept_hist: jax.Array
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("target", "method", "max_new_tokens", "sampling", "eos_ids", "max_len"),
+)
+def speculative_loop(
+    target_params,
+    draft_params,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    key: jax.Array,
+    *,
+    target: LanguageModel,
+    method: Method,
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_ids: tuple[int, ...],
+    max_len: int,
+) -> tuple[GenerateOutput, SpecStats]:
+    """Jitted prefill + ONE `lax.while_loop` of draft -> verify -> commit steps.
+
+    Each step: the drafter proposes a padded tree rooted at the last committed
+    token; the target runs once over all tree nodes under the tree mask; the
+    verifier picks the accepted path and the next token; the accepted path is
+    committed to the target cache (and the drafter's own state), and rows that
+    hit EOS or `max_new_tokens` stop. Each row accepts its own number of
+    tokens.
+    """
+    drafter, verifier = method.drafter, method.verifier
+    B, N = tokens.shape[0], drafter.num_nodes
+    cache = target.init_cache(B, max_len)
+    logits, cache = target.prefill(target_params, tokens, lengths, cache)
+    key, sub = jax.random.split(key)
+    first = sample(sub, logits, sampling)
+    out = jnp.zeros((B, max_new_tokens), jnp.int32)
+    out, num, done = append_tokens(
+        out, jnp.zeros((B,), jnp.int32), first[:, None], jnp.ones((B,), jnp.int32),
+        eos_ids, max_new_tokens)
+    dstate = drafter.init(draft_params, tokens, lengths, max_len)
+    S = target.max_len(cache)
+
+    def body(c):
+        active = ~c["done"]
+        key, k_draft, k_verify = jax.random.split(c["key"], 3)
+        prop = drafter.propose(draft_params, c["dstate"], c["last"], k_draft, sampling)
+        tree = prop.tree
+        if method.policy is not None:
+            tree = method.policy(tree, prop.draft_probs)
+        length = target.cache_length(c["cache"])
+        positions = length[:, None] + trees.depth(tree)
+        mask = decoder.attention_mask(length, S, trees.ancestor_mask(tree))
+        t_logits, kv = target.forward(target_params, tree.tokens, positions, c["cache"], mask)
+        t_probs = jnp.exp(process_logits(t_logits, sampling))  # [B, N, V]
+        res = verifier(k_verify, tree, t_probs, prop.draft_probs)
+        n_new = (res.num_accepted + 1) * active  # accepted drafts + next token
+        cache = target.commit(c["cache"], kv, res.path, n_new)
+        path_tokens = jnp.take_along_axis(tree.tokens, res.path, axis=1)  # [B, N]
+        new = jnp.concatenate([path_tokens[:, 1:], jnp.zeros((B, 1), jnp.int32)], axis=1)
+        new = new.at[jnp.arange(B), res.num_accepted].set(res.next_token)
+        out, num, finished = append_tokens(c["out"], c["num"], new, n_new, eos_ids,
+                                           max_new_tokens)
+        dstate = drafter.update(draft_params, prop.state, tree, res, t_logits)
+        hist = c["hist"] + (jax.nn.one_hot(res.num_accepted, N, dtype=jnp.int32)
+                            * active[:, None].astype(jnp.int32))
+        return dict(
+            cache=cache, dstate=dstate, key=key, out=out, num=num, last=res.next_token,
+            done=c["done"] | finished,
+            calls=c["calls"] + active.astype(jnp.int32), hist=hist,
+            nan=c["nan"] | (active & jnp.isnan(t_logits).any(axis=(1, 2))),
+        )
+
+    init = dict(cache=cache, dstate=dstate, key=key, out=out, num=num, last=first, done=done,
+                calls=jnp.ones((B,), jnp.int32), hist=jnp.zeros((B, N), jnp.int32),
+                nan=jnp.isnan(logits).any(axis=-1))
+    c = jax.lax.while_loop(lambda c: ~jnp.all(c["done"]), body, init)
+    gen = GenerateOutput(tokens=c["out"], num_tokens=c["num"], target_calls=c["calls"],
+                         nan_logits=c["nan"])
+    return gen, SpecStats(target_calls=c["calls"], steps=c["calls"] - 1, accept_hist=c["hist"])
+
+
+def tau_of_hist(hist) -> float:
+    """Mean tokens per step (bonus included) from hist[k] = steps accepting k drafts."""
+    hist = np.asarray(hist)
+    return float(((np.arange(len(hist)) + 1) * hist).sum() / hist.sum()) if hist.sum() else 1.0
+
+
+@dataclasses.dataclass
+class SpecGeneration(Generation):
+    """`Generation` plus speculative counters (host numpy)."""
+
+    steps: np.ndarray = None  # int[B]
+    accept_hist: np.ndarray = None  # int[B, N]
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens per target forward, bonus token included, prefill excluded."""
+        return tau_of_hist(self.accept_hist.sum(axis=0))
+
+
+def speculative_generate(
+    target_params,
+    target: ModelConfig | LanguageModel,
+    prompts: Sequence[Sequence[int]],
+    *,
+    method: Method,
+    draft_params=None,
+    max_new_tokens: int,
+    sampling: Sampling = GREEDY,
+    key: jax.Array | None = None,
+    eos_ids: Sequence[int] = (),
+    max_len: int | None = None,
+) -> SpecGeneration:
+    """Speculative generation with `method` (drafter x policy x verifier).
+
+    Args:
+      target_params, target: the target model (params and its `ModelConfig`
+        or `LanguageModel`).
+      prompts: token id lists, one per row.
+      method: the `Method`.
+      draft_params: parameters of the drafter (None for model-free drafters).
+      max_new_tokens, sampling, key, eos_ids, max_len: as in
+        `autoregressive_generate`; the cache also reserves room for one tree.
+
+    Returns:
+      `SpecGeneration` with tokens, target forwards, steps and the histogram
+      of accepted drafts per step.
+    """
+    target = as_lm(target)
+    draft_model = getattr(method.drafter, "model", None)
+    if draft_model is not None and draft_model.vocab_size != target.vocab_size:
+        raise ValueError(
+            f"draft vocabulary ({draft_model.vocab_size}) differs from the target's "
+            f"({target.vocab_size}); the draft must share the target's tokenizer"
+        )
+    tokens, lengths = pad_prompts(prompts)
+    check_tokens(tokens, target.vocab_size)
+    N = method.drafter.num_nodes
+    max_len = max_len or cache_size(tokens.shape[1], max_new_tokens, extra=N)
+    check_capacity(lengths, max_new_tokens, max_len, extra=N)
+    gen, stats = speculative_loop(
+        target_params, draft_params, jnp.asarray(tokens), jnp.asarray(lengths),
+        jax.random.key(0) if key is None else key,
+        target=target, method=method, max_new_tokens=max_new_tokens, sampling=sampling,
+        eos_ids=tuple(int(e) for e in eos_ids), max_len=max_len)
+    base = to_generation(gen)
+    return SpecGeneration(tokens=base.tokens, target_calls=base.target_calls,
+                          steps=np.asarray(stats.steps), accept_hist=np.asarray(stats.accept_hist))

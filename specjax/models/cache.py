@@ -61,13 +61,35 @@ def abstract_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KV
     return jax.eval_shape(lambda: init_cache(cfg, batch, max_len, dtype))
 
 
+def write_slots(cache: KVCache, new: KVBlock, slots: jax.Array) -> KVCache:
+    """Writes new token t of row b at slot `slots[b, t]`; lengths are unchanged.
+
+    Slots >= S are dropped (use S to skip a token). Used for provisional
+    writes beyond the committed length (tree drafting) and by `commit`.
+
+    Args:
+      new: [L, B, T, K, H] keys/values; slots: int32[B, T].
+    """
+    rows = jnp.arange(cache.k.shape[1])[:, None]  # [B, 1]
+    return cache.replace(
+        k=cache.k.at[:, rows, slots].set(new.k, mode="drop"),
+        v=cache.v.at[:, rows, slots].set(new.v, mode="drop"),
+    )
+
+
+def _path_slots(cache: KVCache, count: jax.Array, p: int) -> jax.Array:
+    """int32[B, P]: slots length+i for i < count, else S (dropped)."""
+    i = jnp.arange(p)[None, :]
+    return jnp.where(i < count[:, None], cache.length[:, None] + i, cache.max_len)
+
+
 def commit(cache: KVCache, new: KVBlock, path: jax.Array, count: jax.Array) -> KVCache:
     """Appends `count[b]` of the new tokens, in the order given by `path`.
 
     Row b gets new token `path[b, i]` written at slot `cache.length[b] + i` for
     i < count[b]; its length grows by count[b]. Writes that would fall beyond
     the cache are dropped, so callers must check capacity beforehand (the
-    decode loops stop a row before its cache overflows).
+    decode loops refuse prompts whose new tokens would not fit).
 
     Args:
       cache: the cache to extend.
@@ -78,18 +100,25 @@ def commit(cache: KVCache, new: KVBlock, path: jax.Array, count: jax.Array) -> K
     Returns:
       The updated cache.
     """
-    L, B, S, K, H = cache.k.shape
-    P = path.shape[1]
-    i = jnp.arange(P)[None, :]  # [1, P]
-    slots = jnp.where(i < count[:, None], cache.length[:, None] + i, S)  # [B, P]; S = dropped
-    rows = jnp.arange(B)[:, None]  # [B, 1]
+    idx = path[None, :, :, None, None]
+    picked = KVBlock(k=jnp.take_along_axis(new.k, idx, axis=2),
+                     v=jnp.take_along_axis(new.v, idx, axis=2))  # [L, B, P, K, H]
+    cache = write_slots(cache, picked, _path_slots(cache, count, path.shape[1]))
+    return cache.replace(length=cache.length + count.astype(jnp.int32))
 
-    def write(buf, blk):  # buf [L, B, S, K, H], blk [L, B, T, K, H]
-        src = jnp.take_along_axis(blk, path[None, :, :, None, None], axis=2)  # [L, B, P, K, H]
-        return buf.at[:, rows, slots].set(src, mode="drop")
 
-    return KVCache(
-        k=write(cache.k, new.k),
-        v=write(cache.v, new.v),
-        length=cache.length + count.astype(jnp.int32),
-    )
+def compact(cache: KVCache, src: jax.Array, count: jax.Array) -> KVCache:
+    """Moves provisional slots into place: slot `length + i` <- slot `src[b, i]`.
+
+    Used after verifying a tree whose nodes were written provisionally with
+    `write_slots`: `src` holds the absolute slots of the accepted path.
+
+    Args:
+      src: int32[B, P] absolute source slots (>= length, in path order).
+      count: int32[B] entries to keep; the length grows by count.
+    """
+    idx = src[None, :, :, None, None]
+    picked = KVBlock(k=jnp.take_along_axis(cache.k, idx, axis=2, mode="clip"),
+                     v=jnp.take_along_axis(cache.v, idx, axis=2, mode="clip"))
+    cache = write_slots(cache, picked, _path_slots(cache, count, src.shape[1]))
+    return cache.replace(length=cache.length + count.astype(jnp.int32))

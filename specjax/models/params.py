@@ -183,3 +183,16 @@ def _check_shapes(cfg: ModelConfig, params: Params) -> None:
 
 def count_params(params: Params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def first_layers(cfg: ModelConfig, params: Params, num_layers: int) -> tuple[ModelConfig, Params]:
+    """A shallow copy of the model: its first `num_layers` layers + final norm + LM head.
+
+    This is the simplest self-drafter (an early exit without a trained
+    adapter, cf. Kangaroo arXiv:2404.18911); the arrays are slices, not copies
+    of the shared tensors.
+    """
+    if not 1 <= num_layers <= cfg.num_layers:
+        raise ValueError(f"num_layers must be in [1, {cfg.num_layers}], got {num_layers}")
+    sliced = dict(params, layers=jax.tree.map(lambda x: x[:num_layers], params["layers"]))
+    return cfg.replace(num_layers=num_layers), sliced

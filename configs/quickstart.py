@@ -1,0 +1,38 @@
+"""Quick start: SmolLM2-135M, autoregressive vs two speculative methods, greedy.
+
+    python -m experiments.run --config=configs/quickstart.py
+    python -m experiments.run --config=configs/quickstart.py:tiny   # 2 prompts, 16 tokens
+
+No second model is needed: the draft is the target's own first layers
+(`draft.self_layers`), an early exit without a trained adapter.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    c = ConfigDict()
+    c.model = "smollm2-135m"
+    c.draft_model = ""  # asset name / path of a separate draft model; "" = self_layers
+    c.dtype = "float32"
+    c.methods = "autoregressive,sd_chain,sd_tree"
+    c.peers = ""  # e.g. "hf_greedy,hf_assisted,hf_prompt_lookup" (needs the peers extra)
+    c.max_new_tokens = 64
+    c.chat = True
+    c.seed = 0
+    c.sampling = ConfigDict(dict(temperature=0.0, top_k=0, top_p=1.0))
+    c.draft = ConfigDict(dict(self_layers=10, k=4, tree="3.2.1.1", prompt_lookup=3))
+    c.prompts = ConfigDict(dict(
+        spec_bench_path="",  # "" = ../shared/data/spec_bench/question.jsonl
+        spec_bench_categories="writing,coding,math_reasoning,summarization",
+        per_category=1,
+        humaneval="0,1",  # problem indices, "" for none
+        max_turns=1,
+    ))
+    if arg == "tiny":
+        c.max_new_tokens = 16
+        c.prompts.spec_bench_categories = "coding"
+        c.prompts.humaneval = "0"
+    elif arg not in (None, ""):
+        raise ValueError(f"unknown quickstart variant {arg!r}; valid: '', 'tiny'")
+    return c

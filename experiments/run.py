@@ -1,0 +1,32 @@
+"""Runs an experiment config: `python -m experiments.run --config=configs/quickstart.py`.
+
+Overrides: `--config.max_new_tokens=128 --config.draft.k=6`. `--list` prints the
+registered methods. Outputs go to `--workdir` (see specjax.bench.experiment).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from specjax.bench import experiment, registry
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/run", "Output directory.")
+_LIST = flags.DEFINE_bool("list", False, "List the registered methods and exit.")
+
+
+def main(argv):
+    del argv
+    if _LIST.value:
+        print(registry.table())
+        return
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required (e.g. --config=configs/quickstart.py)")
+    cfg = experiment.from_config_dict(_CONFIG.value)
+    result = experiment.run_experiment(cfg, _WORKDIR.value)
+    print(result["table"])
+    print(f"results written to {_WORKDIR.value}/results.json")
+
+
+if __name__ == "__main__":
+    app.run(main)

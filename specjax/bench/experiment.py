@@ -1,0 +1,196 @@
+"""A benchmark experiment: typed config, model loading, the run, and its outputs.
+
+`experiments/run.py` turns an ml_collections config into an
+`ExperimentConfig` (`from_config_dict`, which rejects unknown keys) and calls
+`run_experiment`, which writes into the work directory:
+
+  records.jsonl   one line per (method, prompt), appended as produced (resume)
+  results.json    config, per-method summary and the per-prompt records
+  table.md        the summary table (also printed)
+  answers/NAME.jsonl  generated texts in Spec-Bench's model_answer layout
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from specjax.bench import metrics, prompts as prompts_lib, registry
+from specjax.bench.runner import Generator, run
+from specjax.sampling import Sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+    spec_bench_path: str = ""
+    spec_bench_categories: str = ""
+    per_category: int = 1
+    humaneval: str = ""
+    max_turns: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    model: str
+    methods: str
+    draft_model: str = ""
+    dtype: str = "float32"
+    peers: str = ""
+    max_new_tokens: int = 64
+    chat: bool = True
+    seed: int = 0
+    sampling: Sampling = Sampling()
+    draft: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    prompts: PromptConfig = PromptConfig()
+
+
+def _typed(cls, d: Mapping[str, Any], where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} in {where}; valid: {sorted(names)}")
+    return d
+
+
+def from_config_dict(c) -> ExperimentConfig:
+    """ExperimentConfig from a ConfigDict / dict; unknown keys raise ValueError naming them."""
+    d = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+    _typed(ExperimentConfig, d, "config")
+    d["sampling"] = Sampling(**_typed(Sampling, d.get("sampling", {}), "config.sampling"))
+    d["prompts"] = PromptConfig(**_typed(PromptConfig, d.get("prompts", {}), "config.prompts"))
+    d["draft"] = dict(d.get("draft", {}))
+    return ExperimentConfig(**d)
+
+
+def _split(s: str) -> list[str]:
+    return [x.strip() for x in str(s).split(",") if x.strip()]
+
+
+def load_prompts(pc: PromptConfig) -> list[prompts_lib.Prompt]:
+    out = []
+    if pc.spec_bench_categories:
+        out += prompts_lib.load_spec_bench(
+            pc.spec_bench_path or None, _split(pc.spec_bench_categories), pc.per_category,
+            pc.max_turns)
+    if pc.humaneval:
+        out += prompts_lib.load_humaneval([int(i) for i in _split(pc.humaneval)])
+    if not out:
+        raise ValueError("the config selects no prompts (set prompts.spec_bench_categories "
+                         "and/or prompts.humaneval)")
+    return out
+
+
+def build_generators(cfg: ExperimentConfig, tok, target, draft) -> list[Generator]:
+    from specjax.models.tokenizer import stop_token_ids
+
+    methods = [registry.get(m) for m in _split(cfg.methods)]  # validates names first
+    peers = _split(cfg.peers)
+    bad = [p for p in peers if p not in PEERS]
+    if bad:
+        raise ValueError(f"unknown peers {bad}; valid: {sorted(PEERS)}")
+    eos = stop_token_ids(tok)
+    ctx = registry.BuildContext(
+        target_cfg=target[0], target_params=target[1], max_new_tokens=cfg.max_new_tokens,
+        sampling=cfg.sampling, eos_ids=eos, draft_cfg=draft[0] if draft else None,
+        draft_params=draft[1] if draft else None, args=dict(cfg.draft), seed=cfg.seed)
+    gens = [m.build(ctx) for m in methods]
+    if peers:
+        gens += build_peers(cfg, peers, eos, tok)
+    return gens
+
+
+PEERS = ("hf_greedy", "hf_assisted", "hf_prompt_lookup")
+
+
+def build_peers(cfg: ExperimentConfig, names, eos, tok) -> list[Generator]:
+    from specjax.bench import peers as peers_lib
+    from specjax.models import loading
+
+    if not cfg.sampling.greedy:
+        raise ValueError("HF peers are run greedy only; set sampling.temperature=0")
+    model = peers_lib.load_hf_model(loading.resolve(cfg.model).path)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    kw = dict(max_new_tokens=cfg.max_new_tokens, eos_ids=eos, pad_id=pad)
+    gens = []
+    for name in names:
+        if name == "hf_greedy":
+            gens.append(peers_lib.hf_generator(name, model, **kw))
+        elif name == "hf_assisted":
+            if not cfg.draft_model:
+                raise ValueError("hf_assisted needs config.draft_model")
+            assistant = peers_lib.load_hf_model(loading.resolve(cfg.draft_model).path)
+            gens.append(peers_lib.hf_generator(name, model, assistant=assistant, **kw))
+        else:
+            n = int(cfg.draft.get("prompt_lookup", 3))
+            gens.append(peers_lib.hf_generator(name, model, prompt_lookup_num_tokens=n, **kw))
+    return gens
+
+
+def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = True) -> dict:
+    """Runs the experiment and writes its outputs (see module docstring)."""
+    from specjax.models import loading
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    items = load_prompts(cfg.prompts)
+    t0 = time.perf_counter()
+    tcfg, tparams = loading.load(cfg.model, cfg.dtype, progress=progress)
+    tparams = jax.device_put(tparams)
+    draft = None
+    if cfg.draft_model:
+        dcfg, dparams = loading.load(cfg.draft_model, cfg.dtype, progress=progress)
+        if dcfg.vocab_size != tcfg.vocab_size:
+            raise ValueError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
+                             f"({tcfg.vocab_size})")
+        draft = (dcfg, jax.device_put(dparams))
+    tok = loading.load_tokenizer(cfg.model, progress=progress)
+    load_s = time.perf_counter() - t0
+    gens = build_generators(cfg, tok, (tcfg, tparams), draft)
+    records = run(gens, items, tok, chat=cfg.chat, records_path=workdir / "records.jsonl",
+                  progress=progress)
+    rows = metrics.summarize(records, baseline="autoregressive",
+                             check_identity=cfg.sampling.greedy)
+    table = metrics.markdown_table(rows)
+    (workdir / "table.md").write_text(table + "\n")
+    _write_answers(workdir / "answers", records, cfg)
+    result = dict(
+        config=_jsonable(dataclasses.asdict(cfg)), load_seconds=load_s, table=table,
+        platform=str(jax.devices()[0].platform), summary=[dataclasses.asdict(r) for r in rows],
+        records=[dataclasses.asdict(r) for r in records],
+    )
+    (workdir / "results.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _write_answers(folder: Path, records, cfg: ExperimentConfig):
+    """Spec-Bench `model_answer` jsonl: one file per method."""
+    folder.mkdir(exist_ok=True)
+    by_method: dict[str, list] = {}
+    for r in records:
+        by_method.setdefault(r.method, []).append(r)
+    for m, rs in by_method.items():
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in m)
+        with open(folder / f"{safe}.jsonl", "w") as f:
+            for r in rs:
+                f.write(json.dumps(dict(
+                    question_id=r.question_id, category=r.category, model_id=f"{cfg.model}-{m}",
+                    choices=[dict(index=0, turns=[r.text], decoding_steps=[r.steps or r.target_calls],
+                                  new_tokens=[r.new_tokens], wall_time=[r.seconds],
+                                  accept_lengths=[]) ],
+                    tstamp=time.time())) + "\n")
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    return x

@@ -1,0 +1,123 @@
+"""Named methods: every runnable method is drafter x policy x verifier with defaults.
+
+`python -m experiments.run --list` prints this table. A config names methods
+(`config.methods = "autoregressive,sd_chain"`) and may override their
+hyperparameters (`--config.draft.k=6`). Builders get a `BuildContext` with the
+loaded target (and draft) and return a `Generator` for the runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from specjax import decode, trees, verify
+from specjax.bench.runner import GenResult, Generator
+from specjax.drafters.draft_model import DraftModel
+from specjax.models.config import ModelConfig
+from specjax.models.lm import DecoderLM
+from specjax.models.params import first_layers
+from specjax.sampling import Sampling
+
+
+@dataclasses.dataclass
+class BuildContext:
+    """What builders may use: the target, an optional draft model, run settings."""
+
+    target_cfg: ModelConfig
+    target_params: Any
+    max_new_tokens: int
+    sampling: Sampling
+    eos_ids: tuple[int, ...]
+    draft_cfg: ModelConfig | None = None
+    draft_params: Any = None
+    args: dict = dataclasses.field(default_factory=dict)  # config.draft as a dict
+    seed: int = 0
+
+    def draft(self) -> tuple[ModelConfig, Any]:
+        """The draft model: an explicit one, or the target's first `self_layers` layers."""
+        if self.draft_cfg is not None:
+            return self.draft_cfg, self.draft_params
+        return first_layers(self.target_cfg, self.target_params, int(self.args["self_layers"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    paper: str
+    lossless: str  # "yes", "greedy only", "no"
+    needs: str
+    build: Callable[[BuildContext], Generator]
+
+
+def autoregressive(ctx: BuildContext) -> Generator:
+    def fn(ids):
+        g = decode.autoregressive_generate(
+            ctx.target_params, ctx.target_cfg, [ids], max_new_tokens=ctx.max_new_tokens,
+            sampling=ctx.sampling, key=jax.random.key(ctx.seed), eos_ids=ctx.eos_ids)
+        return GenResult(tokens=g.tokens[0], target_calls=int(g.target_calls[0]))
+
+    return Generator("autoregressive", fn)
+
+
+def _spec_generator(name: str, ctx: BuildContext, drafter_of, verifier) -> Generator:
+    dcfg, dparams = ctx.draft()
+    method = decode.Method(drafter=drafter_of(DecoderLM(dcfg)), verifier=verifier)
+
+    def fn(ids):
+        g = decode.speculative_generate(
+            ctx.target_params, ctx.target_cfg, [ids], method=method, draft_params=dparams,
+            max_new_tokens=ctx.max_new_tokens, sampling=ctx.sampling,
+            key=jax.random.key(ctx.seed), eos_ids=ctx.eos_ids)
+        return GenResult(tokens=g.tokens[0], target_calls=int(g.target_calls[0]),
+                         steps=int(g.steps[0]), accept_hist=g.accept_hist[0].tolist())
+
+    return Generator(name, fn)
+
+
+def _chain_verifier(sampling: Sampling):
+    return verify.greedy if sampling.greedy else verify.chain_sampling
+
+
+def sd_chain(ctx: BuildContext) -> Generator:
+    k = int(ctx.args["k"])
+    return _spec_generator(f"sd_chain(k={k})", ctx, lambda m: DraftModel.chain(m, k),
+                           _chain_verifier(ctx.sampling))
+
+
+def sd_tree(ctx: BuildContext) -> Generator:
+    """Top-k tree from the draft model (SpecInfer-style) with tree verification."""
+    branching = tuple(int(b) for b in str(ctx.args["tree"]).split("."))
+    parents = tuple(trees.template_topology(list(branching)).tolist())
+    verifier = verify.greedy if ctx.sampling.greedy else verify.tree_rrs(replacement=False)
+    rule = "topk" if ctx.sampling.greedy else "without_replacement"
+    return _spec_generator(f"sd_tree({ctx.args['tree']})", ctx,
+                           lambda m: DraftModel(m, parents, rule), verifier)
+
+
+REGISTRY: dict[str, MethodInfo] = {
+    m.name: m
+    for m in [
+        MethodInfo("autoregressive", "-", "yes", "nothing", autoregressive),
+        MethodInfo("sd_chain", "Leviathan et al. arXiv:2211.17192; Chen et al. arXiv:2302.01318",
+                   "yes", "a draft model (or self_layers)", sd_chain),
+        MethodInfo("sd_tree", "SpecInfer arXiv:2305.09781; RSD arXiv:2402.14160", "yes",
+                   "a draft model (or self_layers)", sd_tree),
+    ]
+}
+
+
+def get(name: str) -> MethodInfo:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def table() -> str:
+    lines = ["| method | paper | lossless | needs |", "|---|---|---|---|"]
+    for m in REGISTRY.values():
+        lines.append(f"| {m.name} | {m.paper} | {m.lossless} | {m.needs} |")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""An independent draft model that drafts a chain, several chains, or a tree.
+
+The draft model (any `LanguageModel` sharing the target's vocabulary: a small
+transformer from the same family, or a toy Markov chain in tests) expands a
+static tree topology level by level: one forward per depth over all nodes of
+that depth, then the children of each node are drawn from its processed draft
+distribution q by a child rule:
+
+  - "iid": children are i.i.d. samples of q (standard speculative sampling
+    for a chain, Leviathan et al. arXiv:2211.17192; SpecInfer / SpecTr
+    multi-draft, arXiv:2305.09781, arXiv:2310.15141);
+  - "without_replacement": children are a sample without replacement from q
+    by the Gumbel-top-k trick (Recursive Speculative Decoding,
+    arXiv:2402.14160);
+  - "topk": children are the k most likely tokens under q (deterministic;
+    the natural tree for greedy decoding);
+  - "greedy_draft": the first k-1 children are the top k-1 tokens of q and
+    the last one is a sample of q (Hu et al., Towards Optimal Multi-draft
+    Speculative Decoding, arXiv:2502.18779).
+
+With greedy sampling every rule ranks by the draft logits (top-k), since
+sampling from a one-hot law would only repeat the argmax.
+
+KV cache consistency: the draft keeps its own cache. Keys/values of drafted
+nodes are written provisionally after the committed length at slot
+`length + node_index` (so deeper levels attend to their ancestors through the
+mask) and, after verification, the accepted path is compacted into place.
+Nodes of the deepest level are never run through the draft model; when the
+whole path down to such a leaf is accepted, that leaf token is kept "pending"
+and fed at the start of the next proposal (under a `lax.cond`, so it costs a
+forward only when it happens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax import trees
+from specjax.drafters.base import Proposal
+from specjax.models.lm import LanguageModel
+from specjax.sampling import Sampling, process_logits
+
+CHILD_RULES = ("iid", "without_replacement", "topk", "greedy_draft")
+
+
+@flax.struct.dataclass
+class DraftModelState:
+    cache: Any  # the draft model's cache (committed tokens exclude the root)
+    pending: jax.Array  # int32[B] a committed token not yet in the draft cache
+    has_pending: jax.Array  # bool[B]
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftModel:
+    """Drafter backed by an independent draft LM.
+
+    Attributes:
+      model: the draft `LanguageModel` (static).
+      parents: static topology, a tuple with parents[0] = -1 and
+        0 <= parents[i] < i (BFS order by depth); see `specjax.trees`.
+      child_rule: one of CHILD_RULES.
+    """
+
+    model: LanguageModel
+    parents: tuple[int, ...]
+    child_rule: str = "iid"
+
+    def __post_init__(self):
+        if self.child_rule not in CHILD_RULES:
+            raise ValueError(f"unknown child_rule {self.child_rule!r}; valid: {CHILD_RULES}")
+        trees.check_topology(np.asarray(self.parents))
+
+    @classmethod
+    def chain(cls, model: LanguageModel, k: int) -> "DraftModel":
+        """K drafts in a chain."""
+        return cls(model, tuple(trees.chain_topology(k).tolist()), "iid")
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.parents)
+
+    # -- static structure ---------------------------------------------------
+    def _levels(self) -> list[np.ndarray]:
+        depth = trees.topology_depth(np.asarray(self.parents))
+        return [np.flatnonzero(depth == d) for d in range(int(depth.max()) + 1)]
+
+    def _strict_ancestors(self) -> np.ndarray:
+        anc = trees.topology_ancestors(np.asarray(self.parents))  # [N, N] incl. self
+        return anc & ~np.eye(len(self.parents), dtype=bool)
+
+    # -- protocol -----------------------------------------------------------
+    def init(self, params, tokens, lengths, max_len):
+        B = tokens.shape[0]
+        cache = self.model.init_cache(B, max_len)
+        _, cache = self.model.prefill(params, tokens, lengths, cache)
+        return DraftModelState(cache=cache, pending=jnp.zeros((B,), jnp.int32),
+                               has_pending=jnp.zeros((B,), bool))
+
+    def propose(self, params, state: DraftModelState, root, key, sampling: Sampling) -> Proposal:
+        model, N = self.model, self.num_nodes
+        B = root.shape[0]
+        cache = jax.lax.cond(
+            jnp.any(state.has_pending),
+            lambda c: model.decode_step(params, state.pending, c, state.has_pending)[1],
+            lambda c: c,
+            state.cache,
+        )
+        base = model.cache_length(cache)  # [B]
+        S = model.max_len(cache)
+        parents = np.asarray(self.parents)
+        levels = self._levels()
+        anc = jnp.asarray(self._strict_ancestors())  # [N, N]
+        rel = jnp.arange(S)[None, :] - base[:, None]  # [B, S] slot relative to base
+        in_tree = (rel >= 0) & (rel < N)
+
+        tokens = jnp.zeros((B, N), jnp.int32).at[:, 0].set(root)
+        q = jnp.zeros((B, N, model.vocab_size), jnp.float32)
+        for d, nodes in enumerate(levels[:-1]):
+            T = len(nodes)
+            # cache slots visible to node i: committed ones and its ancestors' provisional slots
+            anc_rows = anc[nodes][:, jnp.clip(rel, 0, N - 1)]  # [T, B, S]
+            cache_mask = (rel < 0)[:, None, :] | (in_tree[:, None, :] & anc_rows.transpose(1, 0, 2))
+            new_mask = jnp.broadcast_to(jnp.eye(T, dtype=bool), (B, T, T))
+            mask = jnp.concatenate([cache_mask, new_mask], axis=-1)
+            positions = jnp.broadcast_to(base[:, None] + d, (B, T))
+            logits, kv = model.forward(params, tokens[:, nodes], positions, cache, mask)
+            cache = model.write_slots(cache, kv, base[:, None] + jnp.asarray(nodes)[None])
+            logq = process_logits(logits, sampling)  # [B, T, V]
+            q = q.at[:, nodes].set(jnp.exp(logq))
+            key, sub = jax.random.split(key)
+            children = levels[d + 1]
+            tokens = tokens.at[:, children].set(
+                self._draw_children(sub, nodes, children, parents, logits, logq, sampling))
+        tree = trees.Tree(
+            tokens=tokens,
+            parent=jnp.broadcast_to(jnp.asarray(parents, jnp.int32), (B, N)),
+            valid=jnp.ones((B, N), bool),
+        )
+        return Proposal(tree=tree, draft_probs=q, state=state.replace(cache=cache))
+
+    def _draw_children(self, key, nodes, children, parents, logits, logq, sampling):
+        """Tokens of the next level's nodes. logits/logq: [B, T, V] at `nodes`."""
+        slot = {int(n): j for j, n in enumerate(nodes)}
+        par = np.array([slot[int(parents[c])] for c in children])  # parent's column in [0, T)
+        rank = trees.sibling_rank(parents)[children]
+        width = int(rank.max()) + 1
+        rule = "topk" if sampling.greedy else self.child_rule
+        if rule == "iid":
+            keys = jax.random.split(key, len(children))
+            draws = jax.vmap(lambda k, lq: jax.random.categorical(k, lq, axis=-1),
+                             in_axes=(0, 1), out_axes=1)(keys, logq[:, par])  # [B, C]
+            return draws.astype(jnp.int32)
+        if rule == "topk":
+            ranked = jax.lax.top_k(logits if sampling.greedy else logq, width)[1]  # [B, T, W]
+        elif rule == "without_replacement":
+            gumbel = jax.random.gumbel(key, logq.shape)
+            ranked = jax.lax.top_k(logq + gumbel, width)[1]
+        else:  # greedy_draft: top width-1 of q, then one sample of q in the last rank
+            top = jax.lax.top_k(logq, width)[1]
+            sampled = jax.random.categorical(key, logq, axis=-1)[..., None]  # [B, T, 1]
+            ranked = jnp.concatenate([top[..., : width - 1], sampled], axis=-1)
+            last = np.array([int(np.sum(parents == parents[c])) - 1 for c in children])
+            rank = np.where(rank == last, width - 1, rank)
+        return ranked[:, par, rank].astype(jnp.int32)
+
+    def update(self, params, state: DraftModelState, tree, result, target_logits):
+        model = self.model
+        depth = len(self._levels()) - 1  # nodes at this depth were never forwarded
+        n = result.num_accepted
+        written = jnp.minimum(n + 1, depth)
+        base = model.cache_length(state.cache)
+        src = base[:, None] + result.path[:, :depth]
+        cache = model.compact(state.cache, src, written)
+        has_pending = n >= depth
+        leaf = jnp.take_along_axis(result.path, jnp.full_like(n, depth)[:, None], axis=1)[:, 0]
+        pending = jnp.take_along_axis(tree.tokens, leaf[:, None], axis=1)[:, 0]
+        return DraftModelState(cache=cache, pending=pending, has_pending=has_pending)

@@ -1,0 +1,109 @@
+"""Device meshes and the one table of partition rules for params and caches.
+
+Every array carries logical axis names (below); `RULES` maps a logical axis to
+a mesh axis. The defaults shard the batch over "data" and attention heads, MLP
+width and vocabulary over "model", the Megatron layout, so the same jitted loop
+runs unchanged on 1 CPU, 8 fake CPU devices, a GPU or a TPU slice. A dimension
+that a mesh axis does not divide is replicated instead (tiny test models).
+
+Usage:
+    mesh = make_mesh(data=2, model=4)
+    params = shard_params(params, cfg, mesh)
+    with jax.set_mesh(mesh):
+        out = speculative_generate(...)    # caches are constrained inside jit
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from specjax.models.config import ModelConfig
+from specjax.models.params import param_shapes
+
+# logical axis -> mesh axis (None = replicated)
+RULES: dict[str, str | None] = {
+    "batch": "data",
+    "vocab": "model",
+    "embed": None,
+    "heads": "model",
+    "kv_heads": "model",
+    "mlp": "model",
+    "layers": None,
+    "seq": None,
+    "head_dim": None,
+}
+
+PARAM_AXES = {
+    "embed": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "final_norm": ("embed",),
+    "layers": {
+        "attn_norm": ("layers", "embed"),
+        "mlp_norm": ("layers", "embed"),
+        "wq": ("layers", "embed", "heads"),
+        "wk": ("layers", "embed", "kv_heads"),
+        "wv": ("layers", "embed", "kv_heads"),
+        "bq": ("layers", "heads"),
+        "bk": ("layers", "kv_heads"),
+        "bv": ("layers", "kv_heads"),
+        "wo": ("layers", "heads", "embed"),
+        "w_gate": ("layers", "embed", "mlp"),
+        "w_up": ("layers", "embed", "mlp"),
+        "w_down": ("layers", "mlp", "embed"),
+    },
+}
+CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")  # KVCache.k / .v
+
+
+def make_mesh(data: int = 1, model: int = 1, devices=None) -> Mesh:
+    """A ("data", "model") mesh over the first data*model devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    if data * model > len(devices):
+        raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, "
+                         f"have {len(devices)}")
+    return Mesh(np.array(devices[: data * model]).reshape(data, model), ("data", "model"))
+
+
+def spec_for(axes: tuple[str, ...], shape: tuple[int, ...], mesh_shape: dict[str, int]) -> PartitionSpec:
+    """PartitionSpec of an array with logical `axes`; indivisible dims are replicated."""
+    out = []
+    for ax, dim in zip(axes, shape):
+        m = RULES.get(ax)
+        out.append(m if m is not None and m in mesh_shape and dim % mesh_shape[m] == 0 else None)
+    return PartitionSpec(*out)
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh):
+    """NamedSharding pytree matching `models.params.param_shapes(cfg)`."""
+    shapes = param_shapes(cfg)
+    mshape = dict(mesh.shape)
+
+    def one(path, shape):
+        axes = PARAM_AXES
+        for k in path:
+            axes = axes[k.key]
+        return NamedSharding(mesh, spec_for(axes, shape, mshape))
+
+    return jax.tree_util.tree_map_with_path(one, shapes, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def shard_params(params, cfg: ModelConfig, mesh: Mesh):
+    """Places the parameters on the mesh according to `RULES`."""
+    return jax.device_put(params, param_shardings(cfg, mesh))
+
+
+def constrain_cache(cache):
+    """Inside jit: shard a KVCache's k/v by `CACHE_AXES` if a mesh is set (else no-op)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not hasattr(cache, "k"):
+        return cache
+    mshape = dict(mesh.shape)
+    spec = spec_for(CACHE_AXES, cache.k.shape, mshape)
+    batch_spec = spec_for(("batch",), cache.length.shape, mshape)
+    return cache.replace(
+        k=jax.lax.with_sharding_constraint(cache.k, spec),
+        v=jax.lax.with_sharding_constraint(cache.v, spec),
+        length=jax.lax.with_sharding_constraint(cache.length, batch_spec),
+    )
