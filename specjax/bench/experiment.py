@@ -110,11 +110,10 @@ PEERS = ("hf_greedy", "hf_assisted", "hf_prompt_lookup")
 
 def build_peers(cfg: ExperimentConfig, names, eos, tok) -> list[Generator]:
     from specjax.bench import peers as peers_lib
-    from specjax.models import loading
 
     if not cfg.sampling.greedy:
         raise ValueError("HF peers are run greedy only; set sampling.temperature=0")
-    model = peers_lib.load_hf_model(loading.resolve(cfg.model).path)
+    model = peers_lib.load_hf_model(cfg.model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     kw = dict(max_new_tokens=cfg.max_new_tokens, eos_ids=eos, pad_id=pad)
     gens = []
@@ -124,7 +123,7 @@ def build_peers(cfg: ExperimentConfig, names, eos, tok) -> list[Generator]:
         elif name == "hf_assisted":
             if not cfg.draft_model:
                 raise ValueError("hf_assisted needs config.draft_model")
-            assistant = peers_lib.load_hf_model(loading.resolve(cfg.draft_model).path)
+            assistant = peers_lib.load_hf_model(cfg.draft_model)
             gens.append(peers_lib.hf_generator(name, model, assistant=assistant, **kw))
         else:
             n = int(cfg.draft.get("prompt_lookup", 3))

@@ -1,8 +1,7 @@
 """Peers run in the same benchmark: HuggingFace transformers on PyTorch (CPU).
 
-Needs the `peers` extra (torch). The same GGUF file is dequantised by
-transformers' own loader (`from_pretrained(..., gguf_file=...)`), so both
-stacks compute with the same numbers. Three generators, all greedy:
+Needs the `peers` extra (torch). Both stacks load the same dequantised
+weights, so they compute with the same numbers. Three generators, all greedy:
 
   hf_greedy            `model.generate(do_sample=False)`
   hf_assisted          `generate(assistant_model=draft)` (Leviathan et al.
@@ -23,17 +22,20 @@ from typing import Sequence
 from specjax.bench.runner import GenResult, Generator
 
 
-def load_hf_model(gguf_path: str | Path, num_threads: int | None = None):
-    """A float32 transformers CausalLM from a GGUF file (dequantised by transformers)."""
+def load_hf_model(name_or_path: str | Path):
+    """A float32 transformers CausalLM with exactly the weights `loading.load` gives.
+
+    GGUF assets are opened through specjax's dequantised cache directory (an
+    HF checkpoint, see `loading.hf_dir`); transformers' own GGUF loader gives
+    the same numbers (tested) but takes far longer.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    gguf_path = Path(gguf_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-    return model.eval()
+    from specjax.models import loading
+
+    path = loading.hf_dir(name_or_path)
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
 
 
 class _CallCounter:

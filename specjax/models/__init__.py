@@ -13,3 +13,5 @@ from specjax.models.decoder import (
     transformer,
 )
 from specjax.models.params import abstract_params, init_params, param_shapes
+from specjax.models.loading import hf_dir, load, load_tokenizer
+from specjax.models.tokenizer import apply_chat_template, stop_token_ids

@@ -134,18 +134,18 @@ def params_from_hf_tensors(
         for i in range(cfg.num_layers):
             a = get(f"model.layers.{i}.{hf_suffix}")
             arrs.append(a.T if transpose else a)
-        return np.stack(arrs).astype(dtype)
+        return np.stack(arrs).astype(dtype, copy=False)
 
     layers = {ours: stack(hf, t) for ours, (hf, t) in _LAYER_TENSORS.items()}
     if cfg.qkv_bias:
         layers.update({ours: stack(hf, False) for ours, hf in _BIAS_TENSORS.items()})
     params = {
-        "embed": get("model.embed_tokens.weight").astype(dtype),
+        "embed": get("model.embed_tokens.weight").astype(dtype, copy=False),
         "layers": layers,
-        "final_norm": get("model.norm.weight").astype(dtype),
+        "final_norm": get("model.norm.weight").astype(dtype, copy=False),
     }
     if not cfg.tie_embeddings:
-        params["lm_head"] = get("lm_head.weight").T.astype(dtype)
+        params["lm_head"] = get("lm_head.weight").T.astype(dtype, copy=False)
     _check_shapes(cfg, params)
     return params
 
