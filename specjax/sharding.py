@@ -39,19 +39,19 @@ PARAM_AXES = {
     "embed": ("vocab", "embed"),
     "lm_head": ("embed", "vocab"),
     "final_norm": ("embed",),
-    "layers": {
-        "attn_norm": ("layers", "embed"),
-        "mlp_norm": ("layers", "embed"),
-        "wq": ("layers", "embed", "heads"),
-        "wk": ("layers", "embed", "kv_heads"),
-        "wv": ("layers", "embed", "kv_heads"),
-        "bq": ("layers", "heads"),
-        "bk": ("layers", "kv_heads"),
-        "bv": ("layers", "kv_heads"),
-        "wo": ("layers", "heads", "embed"),
-        "w_gate": ("layers", "embed", "mlp"),
-        "w_up": ("layers", "embed", "mlp"),
-        "w_down": ("layers", "mlp", "embed"),
+    "layers": {  # every entry of the per-layer list
+        "attn_norm": ("embed",),
+        "mlp_norm": ("embed",),
+        "wq": ("embed", "heads"),
+        "wk": ("embed", "kv_heads"),
+        "wv": ("embed", "kv_heads"),
+        "bq": ("heads",),
+        "bk": ("kv_heads",),
+        "bv": ("kv_heads",),
+        "wo": ("heads", "embed"),
+        "w_gate": ("embed", "mlp"),
+        "w_up": ("embed", "mlp"),
+        "w_down": ("mlp", "embed"),
     },
 }
 CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")  # KVCache.k / .v
@@ -83,7 +83,8 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh):
     def one(path, shape):
         axes = PARAM_AXES
         for k in path:
-            axes = axes[k.key]
+            if isinstance(k, jax.tree_util.DictKey):  # list indices share one entry
+                axes = axes[k.key]
         return NamedSharding(mesh, spec_for(axes, shape, mshape))
 
     return jax.tree_util.tree_map_with_path(one, shapes, is_leaf=lambda x: isinstance(x, tuple))

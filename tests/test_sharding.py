@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     mesh = sharding.make_mesh(data=2, model=4)
     sp = sharding.shard_params(params, cfg, mesh)
     spd = sharding.shard_params(dparams, dcfg, mesh)
-    assert len(sp["layers"]["wq"].sharding.device_set) == 8
+    assert len(sp["layers"][0]["wq"].sharding.device_set) == 8
     with jax.set_mesh(mesh):
         sharded = decode.speculative_generate(sp, cfg, prompts, draft_params=spd, **kw)
     ar = decode.autoregressive_generate(params, cfg, prompts, max_new_tokens=12)
@@ -57,5 +57,5 @@ def test_indivisible_dims_are_replicated():
                       num_kv_heads=2, head_dim=8, ffn_dim=64)
     mesh = sharding.make_mesh(1, 1)
     sh = sharding.param_shardings(cfg, mesh)
-    assert set(sh["layers"]) >= {"wq", "wk", "w_down"}
+    assert set(sh["layers"][0]) >= {"wq", "wk", "w_down"}
     assert isinstance(jax.tree.leaves(sh)[0], jax.sharding.NamedSharding)

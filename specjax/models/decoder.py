@@ -2,7 +2,8 @@
 
 RMSNorm, rotary position embeddings (HF "rotate_half" layout, base
 `cfg.rope_theta`), grouped-query attention, SwiGLU MLP, optional q/k/v bias
-(Qwen2), tied or untied output embeddings. Layers are stacked and scanned.
+(Qwen2), tied or untied output embeddings. The layer loop is unrolled (see
+`models.params` for why it is not a `lax.scan`).
 
 The central function is `forward`: it runs T new tokens at explicit positions
 against a read-only `KVCache`, under an explicit boolean attention mask over
@@ -124,20 +125,15 @@ def transformer(
     (0-based; -1 means the embeddings).
     """
     x = params["embed"][tokens]  # [B, T, D]
-
-    def body(x, xs):
-        lp, kc, vc = xs
-        y, k, v = _layer(cfg, x, lp, kc, vc, positions, mask)
-        return y, (k, v, y if hidden_layers else None)
-
-    x_emb = x
-    x, (k, v, ys) = jax.lax.scan(body, x, (params["layers"], cache.k, cache.v))
-    layer_hidden = None
-    if hidden_layers:
-        all_h = jnp.concatenate([x_emb[None], ys], axis=0)  # [L+1, B, T, D]
-        layer_hidden = all_h[jnp.asarray(hidden_layers) + 1]
+    outs, ks, vs = [x], [], []
+    for l, lp in enumerate(params["layers"]):  # unrolled: see models.params on why not scan
+        x, k, v = _layer(cfg, x, lp, cache.k[l], cache.v[l], positions, mask)
+        outs.append(x)
+        ks.append(k)
+        vs.append(v)
+    layer_hidden = jnp.stack([outs[i + 1] for i in hidden_layers]) if hidden_layers else None
     h = rms_norm(x, params["final_norm"], cfg.norm_eps)
-    return h, KVBlock(k=k, v=v), layer_hidden
+    return h, KVBlock(k=jnp.stack(ks), v=jnp.stack(vs)), layer_hidden
 
 
 def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:

@@ -156,7 +156,7 @@ def test_load_gguf_gives_config_and_params(tmp_path):
     np.testing.assert_array_equal(params_to_hf_tensors(cfg, params)["model.layers.1.self_attn.k_proj.weight"],
                                   tensors["model.layers.1.self_attn.k_proj.weight"])
     cfg16, params16 = gguf_io.load_gguf(path, dtype="bfloat16")
-    assert cfg16.dtype == "bfloat16" and params16["layers"]["wq"].dtype.name == "bfloat16"
+    assert cfg16.dtype == "bfloat16" and params16["layers"][0]["wq"].dtype.name == "bfloat16"
 
 
 def test_qwen2_is_not_permuted_and_ties_embeddings(tmp_path):

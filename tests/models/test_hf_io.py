@@ -81,7 +81,7 @@ def test_load_casts_to_bfloat16(tmp_path):
     hf_io.save_hf_dir(CFG, params, tmp_path)
     cfg, back = hf_io.load_hf_dir(tmp_path, dtype="bfloat16")
     assert cfg.dtype == "bfloat16"
-    assert back["layers"]["wq"].dtype == hf_io.np_dtype("bfloat16")
+    assert back["layers"][0]["wq"].dtype == hf_io.np_dtype("bfloat16")
     np.testing.assert_array_equal(back["embed"], params["embed"].astype(hf_io.np_dtype("bfloat16")))
 
 

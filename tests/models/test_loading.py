@@ -82,7 +82,7 @@ def test_bfloat16_cache_is_separate(root, tmp_path):
     cfg, params = loading.load(path, dtype="bfloat16", progress=False)
     assert cfg.dtype == "bfloat16" and params["embed"].dtype == hf_io.np_dtype("bfloat16")
     _, ref = gguf_io.load_gguf(path)
-    np.testing.assert_array_equal(params["layers"]["wq"], ref["layers"]["wq"].astype(params["embed"].dtype))
+    np.testing.assert_array_equal(params["layers"][0]["wq"], ref["layers"][0]["wq"].astype(params["embed"].dtype))
     assert loading.hf_dir(path, "bfloat16").name == "bfloat16"
 
 

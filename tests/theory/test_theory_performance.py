@@ -43,7 +43,8 @@ def test_speedup_with_verification_cost_curve():
   gamma_flat, _ = theory.optimal_gamma(0.8, 0.05)
   gamma_cpu, value_cpu = theory.optimal_gamma(0.8, 0.05, verify_cost=lambda t: 1.0 + 0.3 * (t - 1))
   assert gamma_cpu < gamma_flat
-  brute = max(range(65), key=lambda g: theory.speedup(0.8, g, 0.05, verify_cost=lambda t: 1.0 + 0.3 * (t - 1)))
+  cpu = lambda t: 1.0 + 0.3 * (t - 1)
+  brute = max(range(65), key=lambda g: theory.speedup(0.8, g, 0.05, verify_cost=cpu))
   assert gamma_cpu == brute
   with pytest.raises(ValueError, match="verify_cost"):
     theory.speedup(0.8, 4, 0.05, verify_cost=[1.0, 1.0])

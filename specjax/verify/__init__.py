@@ -1,0 +1,63 @@
+"""Verifiers: decide which drafted tokens the target accepts.
+
+Every verifier is a pure, jittable callable
+`verify(key, tree, target_probs, draft_probs) -> VerifyResult` over processed
+(temperature / top-k / top-p already applied) probabilities, plus
+`law(tree, target_probs, draft_probs) -> VerifyLaw`, its exact output law.
+
+Lossless (output law = processed target law):
+  greedy               argmax matching on chains and trees (temperature 0).
+  chain_sampling       speculative sampling of one chain (arXiv 2211.17192,
+                       2302.01318).
+  tree_rrs(True)       SpecInfer recursive rejection sampling, i.i.d. children
+                       (arXiv 2305.09781).
+  tree_rrs(False)      Recursive SD, children without replacement (arXiv
+                       2402.14160).
+  tree_kseq()          SpecTr K-SEQ, i.i.d. children (arXiv 2310.15141).
+  tree_greedy_draft()  optimal rule for top-(n-1) + one sampled child (arXiv
+                       2502.18779).
+Lossy:
+  typical(...)         Medusa typical acceptance (arXiv 2401.10774).
+"""
+
+from specjax.verify.greedy import Greedy, argmax_last, greedy
+from specjax.verify.multidraft import (
+    RRS,
+    GreedyDraft,
+    KSeq,
+    draw_greedy,
+    draw_iid,
+    draw_without_replacement,
+    kseq_rho,
+)
+from specjax.verify.result import Verifier, VerifyLaw, VerifyResult, sample_from
+from specjax.verify.sampling import ChainSampling, accept_prob, chain_sampling, residual
+from specjax.verify.tree import TreeVerifier, tree_greedy_draft, tree_kseq, tree_rrs
+from specjax.verify.typical import Typical, typical
+
+__all__ = [
+    "ChainSampling",
+    "Greedy",
+    "GreedyDraft",
+    "KSeq",
+    "RRS",
+    "TreeVerifier",
+    "Typical",
+    "Verifier",
+    "VerifyLaw",
+    "VerifyResult",
+    "accept_prob",
+    "argmax_last",
+    "chain_sampling",
+    "draw_greedy",
+    "draw_iid",
+    "draw_without_replacement",
+    "greedy",
+    "kseq_rho",
+    "residual",
+    "sample_from",
+    "tree_greedy_draft",
+    "tree_kseq",
+    "tree_rrs",
+    "typical",
+]
