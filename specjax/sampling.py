@@ -46,6 +46,32 @@ class Sampling:
 GREEDY = Sampling()
 
 
+def argmax_last(x: jax.Array, block: int = 128) -> jax.Array:
+    """jnp.argmax(x, axis=-1) for non-NaN x, ~10x faster on XLA:CPU for large V.
+
+    XLA's CPU argmax reduces (value, index) pairs at ~4 ns per element; this
+    takes the max of each block of `block` entries (a fast vectorised
+    reduce), the argmax over block maxima, then the argmax inside the winning
+    block. Ties resolve to the lowest index, exactly as jnp.argmax.
+
+    Args:
+      x: f[..., V].
+      block: block width.
+
+    Returns:
+      int32[...].
+    """
+    v = x.shape[-1]
+    if v <= 2 * block:
+        return jnp.argmax(x, axis=-1).astype(jnp.int32)
+    pad = (-v) % block
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=-jnp.inf)
+    blocks = padded.reshape(*x.shape[:-1], (v + pad) // block, block)  # [..., V / block, block]
+    which = jnp.argmax(jnp.max(blocks, axis=-1), axis=-1)  # [...]
+    inside = jnp.take_along_axis(blocks, which[..., None, None], axis=-2)[..., 0, :]  # [..., block]
+    return (which * block + jnp.argmax(inside, axis=-1)).astype(jnp.int32)
+
+
 def process_logits(logits: jax.Array, sampling: Sampling) -> jax.Array:
     """Processed log-probabilities, -inf outside the kept set.
 
@@ -60,7 +86,7 @@ def process_logits(logits: jax.Array, sampling: Sampling) -> jax.Array:
     logits = logits.astype(jnp.float32)
     V = logits.shape[-1]
     if sampling.greedy:
-        onehot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), V, dtype=bool)
+        onehot = jax.nn.one_hot(argmax_last(logits), V, dtype=bool)
         return jnp.where(onehot, 0.0, -jnp.inf)
     logits = logits / sampling.temperature
     if 0 < sampling.top_k < V:
@@ -86,5 +112,5 @@ def process_probs(logits: jax.Array, sampling: Sampling) -> jax.Array:
 def sample(key: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
     """Draws one token per row from the processed law. logits [..., V] -> int32[...]."""
     if sampling.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return argmax_last(logits)
     return jax.random.categorical(key, process_logits(logits, sampling), axis=-1).astype(jnp.int32)

@@ -78,3 +78,21 @@ def test_speculative_greedy_identity_batch_and_rows(smol, drafter):
                                          draft_params=dparams, max_new_tokens=32, eos_ids=eos)
     assert single.tokens[0] == ref.tokens[1]
     np.testing.assert_array_equal(single.accept_hist[0], batch.accept_hist[1])
+
+
+def test_quickstart_tiny_end_to_end(tmp_path):
+    """`make run`'s code path on the tiny variant: table, identity check, output files."""
+    import json
+
+    from configs import quickstart
+    from specjax.bench import experiment
+
+    cfg = experiment.from_config_dict(quickstart.get_config("tiny"))
+    result = experiment.run_experiment(cfg, tmp_path, progress=False)
+    rows = {r["method"]: r for r in result["summary"]}
+    assert set(rows) == {"autoregressive", "sd_chain(k=4)", "sd_tree(3.2.1.1)"}
+    for name, row in rows.items():
+        assert row["identical"] in ("-", "yes"), (name, row)
+    assert (tmp_path / "table.md").exists() and (tmp_path / "answers").is_dir()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["records"]) == 3 * len(experiment.load_prompts(cfg.prompts))

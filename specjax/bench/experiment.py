@@ -168,20 +168,24 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
 
 
 def _write_answers(folder: Path, records, cfg: ExperimentConfig):
-    """Spec-Bench `model_answer` jsonl: one file per method."""
+    """One Spec-Bench `model_answer` jsonl per method (read by Spec-Bench's speed.py).
+
+    Per question: `choices[0]` holds per-turn `turns` (texts), `new_tokens`,
+    `wall_time` and the per-step `accept_lengths` (tokens per target forward,
+    bonus included; reconstructed from the step histogram, so in sorted order).
+    """
     folder.mkdir(exist_ok=True)
-    by_method: dict[str, list] = {}
-    for r in records:
-        by_method.setdefault(r.method, []).append(r)
-    for m, rs in by_method.items():
+    for m in dict.fromkeys(r.method for r in records):
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in m)
         with open(folder / f"{safe}.jsonl", "w") as f:
-            for r in rs:
+            for r in (r for r in records if r.method == m):
+                accept = [k + 1 for k, n in enumerate(r.accept_hist) for _ in range(n)] \
+                    if r.steps else [1] * r.new_tokens
                 f.write(json.dumps(dict(
-                    question_id=r.question_id, category=r.category, model_id=f"{cfg.model}-{m}",
-                    choices=[dict(index=0, turns=[r.text], decoding_steps=[r.steps or r.target_calls],
-                                  new_tokens=[r.new_tokens], wall_time=[r.seconds],
-                                  accept_lengths=[]) ],
+                    question_id=r.question_id, category=r.category, model_id=f"{cfg.model}:{m}",
+                    choices=[dict(index=0, turns=r.turn_texts, new_tokens=r.turn_tokens,
+                                  wall_time=r.turn_seconds, accept_lengths=accept,
+                                  decoding_steps=[r.target_calls])],
                     tstamp=time.time())) + "\n")
 
 

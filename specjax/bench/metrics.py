@@ -46,8 +46,10 @@ class Record:
     steps: int  # draft-verify steps (0 for autoregressive)
     accept_hist: list[int]  # steps that accepted exactly k drafts
     compile_seconds: float = 0.0
-    tokens: list[int] = dataclasses.field(default_factory=list)
-    text: str = ""
+    tokens: list[int] = dataclasses.field(default_factory=list)  # all turns, concatenated
+    turn_texts: list[str] = dataclasses.field(default_factory=list)
+    turn_tokens: list[int] = dataclasses.field(default_factory=list)  # new tokens per turn
+    turn_seconds: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def tau(self) -> float:

@@ -120,14 +120,15 @@ def run(
 
 
 def _run_one(g: Generator, p: Prompt, tok, chat: bool) -> Record:
-    answers, all_tokens = [], []
-    seconds = compile_s = 0.0
+    answers, all_tokens, turn_tokens, turn_seconds = [], [], [], []
+    compile_s = 0.0
     calls = steps = 0
     hist = np.zeros(1, np.int64)
     for _ in p.turns:
         ids = encode_turns(tok, p, answers, chat)
         res, s, c = _timed(g, ids)
-        seconds += s
+        turn_seconds.append(s)
+        turn_tokens.append(len(res.tokens))
         compile_s += c
         calls += res.target_calls
         steps += res.steps
@@ -135,7 +136,7 @@ def _run_one(g: Generator, p: Prompt, tok, chat: bool) -> Record:
         answers.append(tok.decode(res.tokens, skip_special_tokens=True))
         all_tokens += res.tokens
     return Record(method=g.name, question_id=p.question_id, category=p.category,
-                  new_tokens=len(all_tokens), seconds=seconds, target_calls=calls, steps=steps,
-                  accept_hist=hist.tolist(), compile_seconds=compile_s, tokens=all_tokens,
-                  text="\n\n".join(answers))
-
+                  new_tokens=len(all_tokens), seconds=sum(turn_seconds), target_calls=calls,
+                  steps=steps, accept_hist=hist.tolist(), compile_seconds=compile_s,
+                  tokens=all_tokens, turn_texts=answers, turn_tokens=turn_tokens,
+                  turn_seconds=turn_seconds)

@@ -152,7 +152,7 @@ def test_verifiers_are_hashable_static_values():
 
 
 def test_blocked_argmax_equals_jnp_argmax_with_ties():
-    from specjax.verify.greedy import argmax_last
+    from specjax.sampling import argmax_last
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, size=(5, 1000)).astype(np.float32)  # many ties across blocks
