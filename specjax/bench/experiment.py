@@ -89,7 +89,8 @@ def load_prompts(pc: PromptConfig) -> list[prompts_lib.Prompt]:
 def build_generators(cfg: ExperimentConfig, tok, target, draft) -> list[Generator]:
     from specjax.models.tokenizer import stop_token_ids
 
-    methods = [registry.get(m) for m in _split(cfg.methods)]  # validates names first
+    specs = _split(cfg.methods)
+    methods = [registry.parse(m) for m in specs]  # validates names first
     peers = _split(cfg.peers)
     bad = [p for p in peers if p not in PEERS]
     if bad:
@@ -99,7 +100,13 @@ def build_generators(cfg: ExperimentConfig, tok, target, draft) -> list[Generato
         target_cfg=target[0], target_params=target[1], max_new_tokens=cfg.max_new_tokens,
         sampling=cfg.sampling, eos_ids=eos, draft_cfg=draft[0] if draft else None,
         draft_params=draft[1] if draft else None, args=dict(cfg.draft), seed=cfg.seed)
-    gens = [m.build(ctx) for m in methods]
+    gens = []
+    for spec, (info, over) in zip(specs, methods):
+        g = info.build(dataclasses.replace(ctx, args={**ctx.args, **over}))
+        gens.append(dataclasses.replace(g, name=spec) if over else g)
+    names = [g.name for g in gens]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two methods have the same name in {names}")
     if peers:
         gens += build_peers(cfg, peers, eos, tok)
     return gens

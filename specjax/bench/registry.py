@@ -1,8 +1,9 @@
 """Named methods: every runnable method is drafter x policy x verifier with defaults.
 
 `python -m experiments.run --list` prints this table. A config names methods
-(`config.methods = "autoregressive,sd_chain"`) and may override their
-hyperparameters (`--config.draft.k=6`). Builders get a `BuildContext` with the
+(`config.methods = "autoregressive,sd_chain,sd_chain/k=6"`) and may override
+their hyperparameters for all methods (`--config.draft.k=6`) or per method
+(`sd_chain/k=6`). Builders get a `BuildContext` with the
 loaded target (and draft) and return a `Generator` for the runner.
 """
 
@@ -108,6 +109,18 @@ REGISTRY: dict[str, MethodInfo] = {
                    "a draft model (or self_layers)", sd_tree),
     ]
 }
+
+
+def parse(spec: str) -> tuple[MethodInfo, dict]:
+    """`"sd_chain/k=6/self_layers=12"` -> (the registered method, its overrides of config.draft)."""
+    name, *over = spec.strip().split("/")
+    args = {}
+    for kv in over:
+        if "=" not in kv:
+            raise ValueError(f"method override {kv!r} in {spec!r} is not key=value")
+        k, v = kv.split("=", 1)
+        args[k] = v
+    return get(name), args
 
 
 def get(name: str) -> MethodInfo:
