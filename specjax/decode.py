@@ -131,6 +131,33 @@ def append_tokens(
     return out, num, finished
 
 
+def _start(model, params, tokens, lengths, key, sampling, eos_ids, max_new_tokens, max_len):
+    """Shared loop prologue: prefill, sample the first token from the target.
+
+    Returns the initial loop carry: cache, key, out, num, last, done, calls
+    (target forwards, the prefill counts as one) and nan.
+    """
+    B = tokens.shape[0]
+    cache = model.init_cache(B, max_len)
+    logits, cache = model.prefill(params, tokens, lengths, cache)
+    key, sub = jax.random.split(key)
+    first = sample(sub, logits, sampling)
+    out, num, done = append_tokens(
+        jnp.zeros((B, max_new_tokens), jnp.int32), jnp.zeros((B,), jnp.int32), first[:, None],
+        jnp.ones((B,), jnp.int32), eos_ids, max_new_tokens)
+    return dict(cache=cache, key=key, out=out, num=num, last=first, done=done,
+                calls=jnp.ones((B,), jnp.int32), nan=jnp.isnan(logits).any(axis=-1))
+
+
+def _running(carry) -> jax.Array:
+    return ~jnp.all(carry["done"])
+
+
+def _output(carry) -> GenerateOutput:
+    return GenerateOutput(tokens=carry["out"], num_tokens=carry["num"],
+                          target_calls=carry["calls"], nan_logits=carry["nan"])
+
+
 @functools.partial(
     jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_ids", "max_len")
 )
@@ -147,19 +174,7 @@ def autoregressive_loop(
     max_len: int,
 ) -> GenerateOutput:
     """Jitted prefill + `lax.while_loop` of decode steps (see `autoregressive_generate`)."""
-    B = tokens.shape[0]
-    cache = model.init_cache(B, max_len)
-    logits, cache = model.prefill(params, tokens, lengths, cache)
-    key, sub = jax.random.split(key)
-    first = sample(sub, logits, sampling)
-    out = jnp.zeros((B, max_new_tokens), jnp.int32)
-    out, num, done = append_tokens(
-        out, jnp.zeros((B,), jnp.int32), first[:, None], jnp.ones((B,), jnp.int32),
-        eos_ids, max_new_tokens)
-    nan = jnp.isnan(logits).any(axis=-1)
-
-    def cond(carry):
-        return ~jnp.all(carry["done"])
+    start = _start(model, params, tokens, lengths, key, sampling, eos_ids, max_new_tokens, max_len)
 
     def body(c):
         active = ~c["done"]
@@ -175,11 +190,7 @@ def autoregressive_loop(
             nan=c["nan"] | (active & jnp.isnan(logits).any(axis=-1)),
         )
 
-    init = dict(cache=cache, key=key, out=out, num=num, last=first, done=done,
-                calls=jnp.ones((B,), jnp.int32), nan=nan)
-    c = jax.lax.while_loop(cond, body, init)
-    return GenerateOutput(tokens=c["out"], num_tokens=c["num"], target_calls=c["calls"],
-                          nan_logits=c["nan"])
+    return _output(jax.lax.while_loop(_running, body, start))
 
 
 def raise_on_nan(out: GenerateOutput):
@@ -212,6 +223,15 @@ def to_generation(out: GenerateOutput) -> Generation:
     )
 
 
+def _prepare(model, prompts, max_new_tokens, max_len, extra=0):
+    """Host-side checks and padding shared by the generate functions."""
+    tokens, lengths = pad_prompts(prompts)
+    check_tokens(tokens, model.vocab_size)
+    max_len = max_len or cache_size(tokens.shape[1], max_new_tokens, extra=extra)
+    check_capacity(lengths, max_new_tokens, max_len, extra=extra)
+    return jnp.asarray(tokens), jnp.asarray(lengths), max_len
+
+
 def autoregressive_generate(
     params,
     model: ModelConfig | LanguageModel,
@@ -239,13 +259,9 @@ def autoregressive_generate(
       `Generation` with the new tokens of each row and its target forwards.
     """
     model = as_lm(model)
-    tokens, lengths = pad_prompts(prompts)
-    check_tokens(tokens, model.vocab_size)
-    max_len = max_len or cache_size(tokens.shape[1], max_new_tokens)
-    check_capacity(lengths, max_new_tokens, max_len)
+    tokens, lengths, max_len = _prepare(model, prompts, max_new_tokens, max_len)
     out = autoregressive_loop(
-        params, jnp.asarray(tokens), jnp.asarray(lengths),
-        jax.random.key(0) if key is None else key,
+        params, tokens, lengths, jax.random.key(0) if key is None else key,
         model=model, max_new_tokens=max_new_tokens, sampling=sampling,
         eos_ids=tuple(int(e) for e in eos_ids), max_len=max_len)
     return to_generation(out)
@@ -316,16 +332,9 @@ def speculative_loop(
     """
     drafter, verifier = method.drafter, method.verifier
     B, N = tokens.shape[0], drafter.num_nodes
-    cache = target.init_cache(B, max_len)
-    logits, cache = target.prefill(target_params, tokens, lengths, cache)
-    key, sub = jax.random.split(key)
-    first = sample(sub, logits, sampling)
-    out = jnp.zeros((B, max_new_tokens), jnp.int32)
-    out, num, done = append_tokens(
-        out, jnp.zeros((B,), jnp.int32), first[:, None], jnp.ones((B,), jnp.int32),
-        eos_ids, max_new_tokens)
-    dstate = drafter.init(draft_params, tokens, lengths, max_len)
-    S = target.max_len(cache)
+    start = _start(target, target_params, tokens, lengths, key, sampling, eos_ids,
+                   max_new_tokens, max_len)
+    S = target.max_len(start["cache"])
 
     def body(c):
         active = ~c["done"]
@@ -357,13 +366,10 @@ def speculative_loop(
             nan=c["nan"] | (active & jnp.isnan(t_logits).any(axis=(1, 2))),
         )
 
-    init = dict(cache=cache, dstate=dstate, key=key, out=out, num=num, last=first, done=done,
-                calls=jnp.ones((B,), jnp.int32), hist=jnp.zeros((B, N), jnp.int32),
-                nan=jnp.isnan(logits).any(axis=-1))
-    c = jax.lax.while_loop(lambda c: ~jnp.all(c["done"]), body, init)
-    gen = GenerateOutput(tokens=c["out"], num_tokens=c["num"], target_calls=c["calls"],
-                         nan_logits=c["nan"])
-    return gen, SpecStats(target_calls=c["calls"], steps=c["calls"] - 1, accept_hist=c["hist"])
+    init = dict(start, dstate=drafter.init(draft_params, tokens, lengths, max_len),
+                hist=jnp.zeros((B, N), jnp.int32))
+    c = jax.lax.while_loop(_running, body, init)
+    return _output(c), SpecStats(target_calls=c["calls"], steps=c["calls"] - 1, accept_hist=c["hist"])
 
 
 def tau_of_hist(hist) -> float:
@@ -420,14 +426,10 @@ def speculative_generate(
             f"draft vocabulary ({draft_model.vocab_size}) differs from the target's "
             f"({target.vocab_size}); the draft must share the target's tokenizer"
         )
-    tokens, lengths = pad_prompts(prompts)
-    check_tokens(tokens, target.vocab_size)
-    N = method.drafter.num_nodes
-    max_len = max_len or cache_size(tokens.shape[1], max_new_tokens, extra=N)
-    check_capacity(lengths, max_new_tokens, max_len, extra=N)
+    tokens, lengths, max_len = _prepare(target, prompts, max_new_tokens, max_len,
+                                        extra=method.drafter.num_nodes)
     gen, stats = speculative_loop(
-        target_params, draft_params, jnp.asarray(tokens), jnp.asarray(lengths),
-        jax.random.key(0) if key is None else key,
+        target_params, draft_params, tokens, lengths, jax.random.key(0) if key is None else key,
         target=target, method=method, max_new_tokens=max_new_tokens, sampling=sampling,
         eos_ids=tuple(int(e) for e in eos_ids), max_len=max_len)
     base = to_generation(gen)
