@@ -1,0 +1,148 @@
+"""Shared helpers of the drafter tests: a tiny random transformer and a Monte
+Carlo law check of the whole speculative loop on a toy Markov "LM".
+
+The law check follows tests/test_speculative_law.py: many rows of one batch
+generate M tokens from the same prompt with a model-free drafter and a
+sampling verifier; chi-square tests compare the empirical law of a window of
+W >= tree depth + 1 tokens with the exact Markov law, both at the start
+(cold drafter state) and at the end (state updated many times).
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from specjax import decode
+from specjax.models.config import ModelConfig
+from specjax.models.lm import MarkovLM
+from specjax.models.params import init_params
+from specjax.sampling import Sampling
+
+TINY = ModelConfig(arch="llama", vocab_size=50, dim=32, num_layers=2, num_heads=4,
+                   num_kv_heads=2, head_dim=8, ffn_dim=64)
+# Prompts with repetitions (so prompt lookup matches) and different lengths.
+PROMPTS = [[3, 7, 1, 9, 4, 3, 7, 1, 9, 4, 3, 7], [11], [5, 5, 2, 8, 13, 21, 5, 5, 2, 8],
+           [42, 17, 42, 17, 42]]
+N_NEW = 24
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(cfg, params, prompts, greedy autoregressive reference tokens)."""
+    params = init_params(TINY, jax.random.key(0), scale=0.3)
+    ref = decode.autoregressive_generate(params, TINY, PROMPTS, max_new_tokens=N_NEW).tokens
+    return TINY, params, PROMPTS, ref
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformQ:
+    """Mutant drafter: same drafts, but claims they were sampled from uniform q."""
+
+    inner: Any
+
+    @property
+    def num_nodes(self):
+        return self.inner.num_nodes
+
+    def init(self, *a):
+        return self.inner.init(*a)
+
+    def update(self, *a):
+        return self.inner.update(*a)
+
+    def propose(self, *a):
+        prop = self.inner.propose(*a)
+        q = prop.draft_probs
+        return prop.replace(draft_probs=jnp.full(q.shape, 1.0 / q.shape[-1], q.dtype))
+
+
+class MarkovLaw:
+    """Monte Carlo law check on a 3-token Markov target."""
+
+    V = 3
+    ROWS = 20000
+    # Transition matrix with no tiny entries (min 0.1), so that windows of 5
+    # tokens have no vanishing cells; cells expected < 5 times are pooled.
+    P = np.array([[0.2, 0.5, 0.3], [0.15, 0.25, 0.6], [0.7, 0.2, 0.1]])
+    PROMPT = [1, 2, 0, 1, 2, 0]
+    LM = MarkovLM(3)
+    SAMPLING = Sampling(temperature=1.0)
+
+    @classmethod
+    def run(cls, drafter, verifier, num_new, key=0):
+        """Generated tokens int[ROWS, num_new] and the SpecGeneration."""
+        method = decode.Method(drafter=drafter, verifier=verifier)
+        out = decode.speculative_generate(
+            jnp.log(jnp.asarray(cls.P, jnp.float32)), cls.LM, [cls.PROMPT] * cls.ROWS,
+            method=method, max_new_tokens=num_new, sampling=cls.SAMPLING,
+            key=jax.random.key(key))
+        toks = np.array(out.tokens)
+        assert toks.shape == (cls.ROWS, num_new)
+        return toks, out
+
+    @classmethod
+    def window_law(cls, offset, length):
+        """Exact law of generated tokens [offset, offset + length), flattened."""
+        start = np.zeros(cls.V)
+        start[cls.PROMPT[-1]] = 1.0
+        marg = start @ np.linalg.matrix_power(cls.P, offset + 1)  # law of token `offset`
+        seqs = np.array(np.meshgrid(*[np.arange(cls.V)] * length, indexing="ij"))
+        seqs = seqs.reshape(length, -1).T
+        probs = marg[seqs[:, 0]]
+        for t in range(1, length):
+            probs = probs * cls.P[seqs[:, t - 1], seqs[:, t]]
+        return probs
+
+    @classmethod
+    def pvalues(cls, toks, length):
+        """Chi-square p-values of the first and the last window of `length` tokens."""
+        out = []
+        for offset in (0, toks.shape[1] - length):
+            idx = np.ravel_multi_index(toks[:, offset: offset + length].T, (cls.V,) * length)
+            counts = np.bincount(idx, minlength=cls.V ** length)
+            out.append(chi2_pooled(counts, cls.window_law(offset, length)))
+        return out
+
+
+def chi2_pooled(counts, law, min_expected=5.0):
+    """Chi-square p-value of counts vs law, cells expected < min_expected pooled."""
+    expected = law * counts.sum()
+    small = expected < min_expected
+    obs = np.append(counts[~small], counts[small].sum())
+    exp = np.append(expected[~small], expected[small].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    return stats.chisquare(obs, exp).pvalue
+
+
+@pytest.fixture(scope="session")
+def markov_law():
+    return MarkovLaw
+
+
+@pytest.fixture(scope="session")
+def uniform_q():
+    return UniformQ
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """SmolLM2-135M (cfg, params, tokenizer), two prompts (a code prompt first)
+    and its greedy reference of 32 tokens."""
+    from specjax.models import loading
+    from specjax.models.tokenizer import stop_token_ids
+
+    cfg, params = loading.load("smollm2-135m", progress=False)
+    tok = loading.load_tokenizer("smollm2-135m", progress=False)
+    params = jax.device_put(params)
+    code = ("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\n"
+            "def mul(a, b):\n")
+    prompts = [tok.encode(code), tok.encode("The capital of France is")]
+    eos = stop_token_ids(tok)
+    ref = decode.autoregressive_generate(params, cfg, prompts, max_new_tokens=32, eos_ids=eos)
+    return cfg, params, prompts, eos, ref.tokens
