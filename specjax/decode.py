@@ -420,10 +420,11 @@ def speculative_generate(
       of accepted drafts per step.
     """
     target = as_lm(target)
-    draft_model = getattr(method.drafter, "model", None)
-    if draft_model is not None and draft_model.vocab_size != target.vocab_size:
+    drafter = method.drafter
+    draft_vocab = getattr(getattr(drafter, "model", drafter), "vocab_size", None)
+    if draft_vocab is not None and draft_vocab != target.vocab_size:
         raise ValueError(
-            f"draft vocabulary ({draft_model.vocab_size}) differs from the target's "
+            f"draft vocabulary ({draft_vocab}) differs from the target's "
             f"({target.vocab_size}); the draft must share the target's tokenizer"
         )
     tokens, lengths, max_len = _prepare(target, prompts, max_new_tokens, max_len,

@@ -91,7 +91,7 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     cfg = experiment.from_config_dict(quickstart.get_config("tiny"))
     result = experiment.run_experiment(cfg, tmp_path, progress=False)
     rows = {r["method"]: r for r in result["summary"]}
-    assert set(rows) == {"autoregressive", "sd_chain(k=4)", "sd_tree(3.2.1.1)"}
+    assert set(rows) == {"autoregressive", "pld(k=10)", "token_recycling(4.2.1)"}
     for name, row in rows.items():
         assert row["identical"] in ("-", "yes"), (name, row)
     assert (tmp_path / "table.md").exists() and (tmp_path / "answers").is_dir()

@@ -64,13 +64,14 @@ def autoregressive(ctx: BuildContext) -> Generator:
     return Generator("autoregressive", fn)
 
 
-def _spec_generator(name: str, ctx: BuildContext, drafter_of, verifier) -> Generator:
-    dcfg, dparams = ctx.draft()
-    method = decode.Method(drafter=drafter_of(DecoderLM(dcfg)), verifier=verifier)
+def _spec_generator(name: str, ctx: BuildContext, drafter, verifier,
+                    draft_params=None) -> Generator:
+    """A `Generator` running `speculative_generate` with drafter x verifier."""
+    method = decode.Method(drafter=drafter, verifier=verifier)
 
     def fn(ids):
         g = decode.speculative_generate(
-            ctx.target_params, ctx.target_cfg, [ids], method=method, draft_params=dparams,
+            ctx.target_params, ctx.target_cfg, [ids], method=method, draft_params=draft_params,
             max_new_tokens=ctx.max_new_tokens, sampling=ctx.sampling,
             key=jax.random.key(ctx.seed), eos_ids=ctx.eos_ids)
         return GenResult(tokens=g.tokens[0], target_calls=int(g.target_calls[0]),
@@ -79,14 +80,19 @@ def _spec_generator(name: str, ctx: BuildContext, drafter_of, verifier) -> Gener
     return Generator(name, fn)
 
 
+def _draft_model_generator(name: str, ctx: BuildContext, drafter_of, verifier) -> Generator:
+    dcfg, dparams = ctx.draft()
+    return _spec_generator(name, ctx, drafter_of(DecoderLM(dcfg)), verifier, dparams)
+
+
 def _chain_verifier(sampling: Sampling):
     return verify.greedy if sampling.greedy else verify.chain_sampling
 
 
 def sd_chain(ctx: BuildContext) -> Generator:
     k = int(ctx.args["k"])
-    return _spec_generator(f"sd_chain(k={k})", ctx, lambda m: DraftModel.chain(m, k),
-                           _chain_verifier(ctx.sampling))
+    return _draft_model_generator(f"sd_chain(k={k})", ctx, lambda m: DraftModel.chain(m, k),
+                                  _chain_verifier(ctx.sampling))
 
 
 def sd_tree(ctx: BuildContext) -> Generator:
@@ -95,8 +101,38 @@ def sd_tree(ctx: BuildContext) -> Generator:
     parents = tuple(trees.template_topology(list(branching)).tolist())
     verifier = verify.greedy if ctx.sampling.greedy else verify.tree_rrs(replacement=False)
     rule = "topk" if ctx.sampling.greedy else "without_replacement"
-    return _spec_generator(f"sd_tree({ctx.args['tree']})", ctx,
-                           lambda m: DraftModel(m, parents, rule), verifier)
+    return _draft_model_generator(f"sd_tree({ctx.args['tree']})", ctx,
+                                  lambda m: DraftModel(m, parents, rule), verifier)
+
+
+def _flag(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def pld(ctx: BuildContext) -> Generator:
+    """Prompt lookup: overrides pld_drafts (10), pld_max_ngram (3), pld_min_ngram (1),
+    pld_earliest (false), pld_periodic (true); earliest=1/periodic=0 is Spec-Bench's PLD."""
+    from specjax.drafters.prompt_lookup import PromptLookup
+
+    a = ctx.args
+    d = PromptLookup(ctx.target_cfg.vocab_size, num_drafts=int(a.get("pld_drafts", 10)),
+                     max_ngram=int(a.get("pld_max_ngram", 3)),
+                     min_ngram=int(a.get("pld_min_ngram", 1)),
+                     earliest=_flag(a.get("pld_earliest", False)),
+                     periodic=_flag(a.get("pld_periodic", True)))
+    return _spec_generator(f"pld(k={d.num_drafts})", ctx, d, _chain_verifier(ctx.sampling))
+
+
+def token_recycling(ctx: BuildContext) -> Generator:
+    """Token Recycling: overrides tr_k (8), tr_template ("tr80" or branching "4.2.1")."""
+    from specjax.drafters.token_recycling import TokenRecycling, deterministic_tree
+
+    spec = str(ctx.args.get("tr_template", "tr80"))
+    template = spec if not spec[:1].isdigit() else tuple(int(b) for b in spec.split("."))
+    d = TokenRecycling(ctx.target_cfg.vocab_size, k=int(ctx.args.get("tr_k", 8)),
+                       template=template)
+    verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
+    return _spec_generator(f"token_recycling({spec})", ctx, d, verifier)
 
 
 REGISTRY: dict[str, MethodInfo] = {
@@ -107,6 +143,10 @@ REGISTRY: dict[str, MethodInfo] = {
                    "yes", "a draft model (or self_layers)", sd_chain),
         MethodInfo("sd_tree", "SpecInfer arXiv:2305.09781; RSD arXiv:2402.14160", "yes",
                    "a draft model (or self_layers)", sd_tree),
+        MethodInfo("pld", "Saxena 2023 (prompt lookup); Spec-Bench arXiv:2401.07851", "yes",
+                   "nothing", pld),
+        MethodInfo("token_recycling", "Luo et al. arXiv:2408.08696", "yes", "nothing",
+                   token_recycling),
     ]
 }
 

@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from specjax import decode
 from specjax.models.config import ModelConfig
 from specjax.models.lm import MarkovLM
 from specjax.models.params import init_params
 from specjax.sampling import Sampling
+from tests.markov_law import chi2_pooled
 
 TINY = ModelConfig(arch="llama", vocab_size=50, dim=32, num_layers=2, num_heads=4,
                    num_kv_heads=2, head_dim=8, ffn_dim=64)
@@ -109,17 +109,6 @@ class MarkovLaw:
         return out
 
 
-def chi2_pooled(counts, law, min_expected=5.0):
-    """Chi-square p-value of counts vs law, cells expected < min_expected pooled."""
-    expected = law * counts.sum()
-    small = expected < min_expected
-    obs = np.append(counts[~small], counts[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    return stats.chisquare(obs, exp).pvalue
-
-
 @pytest.fixture(scope="session")
 def markov_law():
     return MarkovLaw
@@ -140,8 +129,9 @@ def smol():
     cfg, params = loading.load("smollm2-135m", progress=False)
     tok = loading.load_tokenizer("smollm2-135m", progress=False)
     params = jax.device_put(params)
-    code = ("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\n"
-            "def mul(a, b):\n")
+    code = ("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n"
+            "    def __add__(self, other):\n        return Point(self.x + other.x, self.y + other.y)"
+            "\n\n    def __sub__(self, other):\n")
     prompts = [tok.encode(code), tok.encode("The capital of France is")]
     eos = stop_token_ids(tok)
     ref = decode.autoregressive_generate(params, cfg, prompts, max_new_tokens=32, eos_ids=eos)
