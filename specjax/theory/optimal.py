@@ -101,161 +101,172 @@ _MAX_EXHAUSTIVE_VOCAB = 16
 
 @dataclasses.dataclass(frozen=True)
 class OptimalSet:
-  """Value of the dual problem and a minimising token set.
+    """Value of the dual problem and a minimising token set.
 
-  Attributes:
-    value: alpha* = p(B) + 1 - h(B) at the minimiser.
-    in_set: bool [V], membership of the minimising set B.
-  """
-  value: float
-  in_set: np.ndarray
+    Attributes:
+      value: alpha* = p(B) + 1 - h(B) at the minimiser.
+      in_set: bool [V], membership of the minimising set B.
+    """
+
+    value: float
+    in_set: np.ndarray
 
 
 def optimal_acceptance(p, q, num_drafts: int = 3, replacement: bool = False) -> float:
-  """Optimal acceptance rate of any lossless verifier for n sampled drafts.
+    """Optimal acceptance rate of any lossless verifier for n sampled drafts.
 
-  Assumptions: one decoding step; drafts are n samples from q, i.i.d.
-  (`replacement=True`) or sequentially without replacement
-  (`replacement=False`, i.e. Gumbel-top-n); the verifier must output exactly
-  p. Exact by the nested-set theorem of the module docstring (Hu et al.,
-  arXiv:2502.18779). For greedy drafts use `optimal_acceptance_search(...,
-  "greedy")`.
+    Assumptions: one decoding step; drafts are n samples from q, i.i.d.
+    (`replacement=True`) or sequentially without replacement
+    (`replacement=False`, i.e. Gumbel-top-n); the verifier must output exactly
+    p. Exact by the nested-set theorem of the module docstring (Hu et al.,
+    arXiv:2502.18779). For greedy drafts use `optimal_acceptance_search(...,
+    "greedy")`.
 
-  Args:
-    p: target distribution [V].
-    q: draft distribution [V].
-    num_drafts: n >= 1.
-    replacement: draft law, see above.
+    Args:
+      p: target distribution [V].
+      q: draft distribution [V].
+      num_drafts: n >= 1.
+      replacement: draft law, see above.
 
-  Returns:
-    alpha* in [0, 1].
-  """
-  law = "iid" if replacement else "without_replacement"
-  return optimal_acceptance_search(p, q, num_drafts, law).value
+    Returns:
+      alpha* in [0, 1].
+    """
+    law = "iid" if replacement else "without_replacement"
+    return optimal_acceptance_search(p, q, num_drafts, law).value
 
 
 def optimal_acceptance_search(p, q, num_drafts: int, draft_law: str) -> OptimalSet:
-  """Fast exact search of min_B p(B) + 1 - h(B) (nested p/q prefixes or closed form).
+    """Fast exact search of min_B p(B) + 1 - h(B) (nested p/q prefixes or closed form).
 
-  The dual of Hu et al. (arXiv:2502.18779). Assumptions and proof in the
-  module docstring: for "iid" and
-  "without_replacement" the minimum over the V + 1 prefixes of the p/q order
-  is the global minimum; for "greedy" the closed form is exact.
+    The dual of Hu et al. (arXiv:2502.18779). Assumptions and proof in the
+    module docstring: for "iid" and
+    "without_replacement" the minimum over the V + 1 prefixes of the p/q order
+    is the global minimum; for "greedy" the closed form is exact.
 
-  Args:
-    p: target distribution [V].
-    q: draft distribution [V].
-    num_drafts: n >= 1.
-    draft_law: one of `drafts.DRAFT_LAWS`.
+    Args:
+      p: target distribution [V].
+      q: draft distribution [V].
+      num_drafts: n >= 1.
+      draft_law: one of `drafts.DRAFT_LAWS`.
 
-  Returns:
-    `OptimalSet` with the optimal value and a minimising set.
-  """
-  p, q = drafts.check_distributions(p, q)
-  drafts.check_draft_law(q, num_drafts, draft_law)
-  n = int(num_drafts)
-  if draft_law == "greedy":
-    top = np.zeros(p.shape[0], dtype=bool)
-    top[drafts.greedy_tokens(q, n)] = True
-    value = p[top].sum() + np.minimum(p[~top], q[~top]).sum()
-    return OptimalSet(float(min(value, 1.0)), top | (p < q))
-  order = ratio_order(p, q)
-  h = drafts.prefix_prob_all_drafts_in(q[order], n, draft_law)   # [V + 1]
-  values = np.concatenate([[0.0], np.cumsum(p[order])]) + 1.0 - h
-  k = int(np.argmin(values))
-  in_set = np.zeros(p.shape[0], dtype=bool)
-  in_set[order[:k]] = True
-  return OptimalSet(float(np.clip(values[k], 0.0, 1.0)), in_set)
+    Returns:
+      `OptimalSet` with the optimal value and a minimising set.
+    """
+    p, q = drafts.check_distributions(p, q)
+    drafts.check_draft_law(q, num_drafts, draft_law)
+    n = int(num_drafts)
+    if draft_law == "greedy":
+        top = np.zeros(p.shape[0], dtype=bool)
+        top[drafts.greedy_tokens(q, n)] = True
+        value = p[top].sum() + np.minimum(p[~top], q[~top]).sum()
+        return OptimalSet(float(min(value, 1.0)), top | (p < q))
+    order = ratio_order(p, q)
+    h = drafts.prefix_prob_all_drafts_in(q[order], n, draft_law)  # [V + 1]
+    values = np.concatenate([[0.0], np.cumsum(p[order])]) + 1.0 - h
+    k = int(np.argmin(values))
+    in_set = np.zeros(p.shape[0], dtype=bool)
+    in_set[order[:k]] = True
+    return OptimalSet(float(np.clip(values[k], 0.0, 1.0)), in_set)
 
 
 def ratio_order(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-  """Token ids sorted by p/q ascending; q = 0 last; ties by id. [..., V] int."""
-  return np.argsort(_log_ratio(p, q), axis=-1, kind="stable")
+    """Token ids sorted by p/q ascending; q = 0 last; ties by id. [..., V] int."""
+    return np.argsort(_log_ratio(p, q), axis=-1, kind="stable")
 
 
 def _log_ratio(p, q):
-  """log(p / q) without overflow (p/q can exceed 1e308 in float32 softmax outputs); +inf if q = 0."""
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(q > 0, np.log(p) - np.log(np.where(q > 0, q, 1.0)), np.inf)
+    """log(p / q) without overflow (p/q can exceed 1e308 in float32 softmax outputs); +inf if q = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(q > 0, np.log(p) - np.log(np.where(q > 0, q, 1.0)), np.inf)
 
 
 def optimal_acceptance_dual(p, q, num_drafts: int, draft_law: str) -> OptimalSet:
-  """Exhaustive dual: min over all 2^V token sets of p(B) + 1 - h(B).
+    """Exhaustive dual: min over all 2^V token sets of p(B) + 1 - h(B).
 
-  The min-cut / OT-dual form (Hu et al., arXiv:2502.18779). h comes from
-  enumerating the draft-set law (`drafts.draft_set_law`), not from the race
-  integral, so this is an independent check of the fast search. Small
-  vocabularies only (V <= 16).
+    The min-cut / OT-dual form (Hu et al., arXiv:2502.18779). h comes from
+    enumerating the draft-set law (`drafts.draft_set_law`), not from the race
+    integral, so this is an independent check of the fast search. Small
+    vocabularies only (V <= 16).
 
-  Args:
-    p: target distribution [V].
-    q: draft distribution [V].
-    num_drafts: n >= 1.
-    draft_law: one of `drafts.DRAFT_LAWS`.
+    Args:
+      p: target distribution [V].
+      q: draft distribution [V].
+      num_drafts: n >= 1.
+      draft_law: one of `drafts.DRAFT_LAWS`.
 
-  Returns:
-    `OptimalSet` with the optimal value and a minimising set.
-  """
-  p, q = drafts.check_distributions(p, q)
-  V = p.shape[0]
-  if V > _MAX_EXHAUSTIVE_VOCAB:
-    raise ValueError(f"exhaustive dual enumerates 2^V sets; V = {V} > {_MAX_EXHAUSTIVE_VOCAB}")
-  sets, probs = drafts.draft_set_law(q, num_drafts, draft_law)    # [S, V], [S]
-  bits = 1 << np.arange(V)
-  set_masks = sets.astype(np.int64) @ bits                          # [S]
-  all_masks = np.arange(1 << V)                                     # [2^V]
-  members = ((all_masks[:, None] >> np.arange(V)) & 1).astype(bool)
-  inside = (set_masks[None, :] & ~all_masks[:, None]) == 0          # [2^V, S]
-  values = members @ p + 1.0 - inside @ probs
-  best = int(np.argmin(values))
-  return OptimalSet(float(values[best]), members[best])
+    Returns:
+      `OptimalSet` with the optimal value and a minimising set.
+    """
+    p, q = drafts.check_distributions(p, q)
+    V = p.shape[0]
+    if V > _MAX_EXHAUSTIVE_VOCAB:
+        raise ValueError(f"exhaustive dual enumerates 2^V sets; V = {V} > {_MAX_EXHAUSTIVE_VOCAB}")
+    sets, probs = drafts.draft_set_law(q, num_drafts, draft_law)  # [S, V], [S]
+    bits = 1 << np.arange(V)
+    set_masks = sets.astype(np.int64) @ bits  # [S]
+    all_masks = np.arange(1 << V)  # [2^V]
+    members = ((all_masks[:, None] >> np.arange(V)) & 1).astype(bool)
+    inside = (set_masks[None, :] & ~all_masks[:, None]) == 0  # [2^V, S]
+    values = members @ p + 1.0 - inside @ probs
+    best = int(np.argmin(values))
+    return OptimalSet(float(values[best]), members[best])
 
 
 def optimal_acceptance_lp(p, q, num_drafts: int, draft_law: str) -> float:
-  """Primal optimal-transport LP over couplings of (draft set, output token).
+    """Primal optimal-transport LP over couplings of (draft set, output token).
 
-  The formulation of SpecTr (arXiv:2310.15141) and Khisti et al.
-  (arXiv:2410.18234), with the draft law aggregated over draft *sets*.
-  Assumptions: small vocabulary (the draft-set law is enumerated, V^n
-  ordered tuples); exact up to HiGHS tolerances (1e-10).
+    The formulation of SpecTr (arXiv:2310.15141) and Khisti et al.
+    (arXiv:2410.18234), with the draft law aggregated over draft *sets*.
+    Assumptions: small vocabulary (the draft-set law is enumerated, V^n
+    ordered tuples); exact up to HiGHS tolerances (1e-10).
 
-  Args:
-    p: target distribution [V].
-    q: draft distribution [V].
-    num_drafts: n >= 1.
-    draft_law: one of `drafts.DRAFT_LAWS`.
+    Args:
+      p: target distribution [V].
+      q: draft distribution [V].
+      num_drafts: n >= 1.
+      draft_law: one of `drafts.DRAFT_LAWS`.
 
-  Returns:
-    alpha* = max over couplings of P(output in draft set).
-  """
-  p, q = drafts.check_distributions(p, q)
-  sets, probs = drafts.draft_set_law(q, num_drafts, draft_law)    # [S, V], [S]
-  S, V = sets.shape
-  idx = np.arange(S * V).reshape(S, V)                              # variable pi(s, y)
-  rows_set = scipy.sparse.csr_matrix(
-      (np.ones(S * V), (np.repeat(np.arange(S), V), idx.ravel())), shape=(S, S * V))
-  rows_tok = scipy.sparse.csr_matrix(
-      (np.ones(S * V), (np.tile(np.arange(V), S), idx.ravel())), shape=(V, S * V))
-  # Both marginals sum to 1, so one token row is redundant; dropping it keeps
-  # the system consistent under rounding (HiGHS may call it infeasible otherwise).
-  a_eq = scipy.sparse.vstack([rows_set, rows_tok[:-1]])
-  b_eq = np.concatenate([probs, p[:-1]])
-  cost = -sets.astype(np.float64).ravel()
-  res = scipy.optimize.linprog(
-      cost, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs",
-      # Presolve can declare these tiny, rank-deficient problems infeasible
-      # when entries are ~1e-50; they are small enough to solve as they are.
-      options={"presolve": False, "primal_feasibility_tolerance": 1e-10,
-               "dual_feasibility_tolerance": 1e-10})
-  if not res.success:
-    raise RuntimeError(f"HiGHS failed: {res.message}")
-  return float(-res.fun)
+    Returns:
+      alpha* = max over couplings of P(output in draft set).
+    """
+    p, q = drafts.check_distributions(p, q)
+    sets, probs = drafts.draft_set_law(q, num_drafts, draft_law)  # [S, V], [S]
+    S, V = sets.shape
+    idx = np.arange(S * V).reshape(S, V)  # variable pi(s, y)
+    rows_set = scipy.sparse.csr_matrix(
+        (np.ones(S * V), (np.repeat(np.arange(S), V), idx.ravel())), shape=(S, S * V)
+    )
+    rows_tok = scipy.sparse.csr_matrix(
+        (np.ones(S * V), (np.tile(np.arange(V), S), idx.ravel())), shape=(V, S * V)
+    )
+    # Both marginals sum to 1, so one token row is redundant; dropping it keeps
+    # the system consistent under rounding (HiGHS may call it infeasible otherwise).
+    a_eq = scipy.sparse.vstack([rows_set, rows_tok[:-1]])
+    b_eq = np.concatenate([probs, p[:-1]])
+    cost = -sets.astype(np.float64).ravel()
+    res = scipy.optimize.linprog(
+        cost,
+        A_eq=a_eq,
+        b_eq=b_eq,
+        bounds=(0, None),
+        method="highs",
+        # Presolve can declare these tiny, rank-deficient problems infeasible
+        # when entries are ~1e-50; they are small enough to solve as they are.
+        options={
+            "presolve": False,
+            "primal_feasibility_tolerance": 1e-10,
+            "dual_feasibility_tolerance": 1e-10,
+        },
+    )
+    if not res.success:
+        raise RuntimeError(f"HiGHS failed: {res.message}")
+    return float(-res.fun)
 
 
 def _optimal_iid(p: np.ndarray, q: np.ndarray, n: int) -> np.ndarray:
-  """Batched alpha* for i.i.d. drafts over validated float64 [M, V]: min over p/q prefixes. [M]."""
-  order = ratio_order(p, q)
-  zero = np.zeros((p.shape[0], 1))
-  p_mass = np.concatenate([zero, np.cumsum(np.take_along_axis(p, order, -1), -1)], -1)
-  q_mass = np.concatenate([zero, np.cumsum(np.take_along_axis(q, order, -1), -1)], -1)
-  return np.clip((p_mass + 1.0 - np.clip(q_mass, 0.0, 1.0) ** n).min(axis=-1), 0.0, 1.0)
+    """Batched alpha* for i.i.d. drafts over validated float64 [M, V]: min over p/q prefixes. [M]."""
+    order = ratio_order(p, q)
+    zero = np.zeros((p.shape[0], 1))
+    p_mass = np.concatenate([zero, np.cumsum(np.take_along_axis(p, order, -1), -1)], -1)
+    q_mass = np.concatenate([zero, np.cumsum(np.take_along_axis(q, order, -1), -1)], -1)
+    return np.clip((p_mass + 1.0 - np.clip(q_mass, 0.0, 1.0) ** n).min(axis=-1), 0.0, 1.0)

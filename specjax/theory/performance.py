@@ -27,310 +27,318 @@ VerifyCost = Callable[[int], float] | Sequence[float] | np.ndarray | None
 
 
 def expected_tokens(alpha, gamma):
-  """Expected tokens per target call for a chain of gamma drafts, i.i.d. acceptance.
+    """Expected tokens per target call for a chain of gamma drafts, i.i.d. acceptance.
 
-  Assumptions (Leviathan et al., arXiv:2211.17192, Eq. 1): each draft is
-  accepted with the same probability alpha independently of the others, the
-  chain stops at the first rejection, and the target always contributes one
-  token (correction or bonus):
+    Assumptions (Leviathan et al., arXiv:2211.17192, Eq. 1): each draft is
+    accepted with the same probability alpha independently of the others, the
+    chain stops at the first rejection, and the target always contributes one
+    token (correction or bonus):
 
-      E = (1 - alpha^(gamma + 1)) / (1 - alpha),   E = gamma + 1 at alpha = 1.
+        E = (1 - alpha^(gamma + 1)) / (1 - alpha),   E = gamma + 1 at alpha = 1.
 
-  Args:
-    alpha: acceptance rate(s) in [0, 1]; broadcasts with gamma.
-    gamma: number of drafted tokens (>= 0).
+    Args:
+      alpha: acceptance rate(s) in [0, 1]; broadcasts with gamma.
+      gamma: number of drafted tokens (>= 0).
 
-  Returns:
-    E as a float (or array when the inputs are arrays).
-  """
-  alpha = np.asarray(alpha, dtype=np.float64)
-  gamma = np.asarray(gamma)
-  if np.any((alpha < 0) | (alpha > 1)):
-    raise ValueError("alpha must lie in [0, 1]")
-  if np.any(gamma < 0):
-    raise ValueError("gamma must be >= 0")
-  with np.errstate(divide="ignore", invalid="ignore"):
-    value = np.where(alpha < 1.0, (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha), gamma + 1.0)
-  return _scalar(value)
+    Returns:
+      E as a float (or array when the inputs are arrays).
+    """
+    alpha = np.asarray(alpha, dtype=np.float64)
+    gamma = np.asarray(gamma)
+    if np.any((alpha < 0) | (alpha > 1)):
+        raise ValueError("alpha must lie in [0, 1]")
+    if np.any(gamma < 0):
+        raise ValueError("gamma must be >= 0")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = np.where(alpha < 1.0, (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha), gamma + 1.0)
+    return _scalar(value)
 
 
 def expected_tokens_per_position(alphas):
-  """Expected tokens per target call for per-position (non-i.i.d.) acceptance.
+    """Expected tokens per target call for per-position (non-i.i.d.) acceptance.
 
-  Assumptions: alphas[..., i] is the probability that draft i + 1 is
-  accepted given drafts 1..i were (e.g. measured per position, or the
-  positions of a horizontal cascade, arXiv:2312.11462); the chain stops at
-  the first rejection (arXiv:2211.17192 with position-dependent alpha):
+    Assumptions: alphas[..., i] is the probability that draft i + 1 is
+    accepted given drafts 1..i were (e.g. measured per position, or the
+    positions of a horizontal cascade, arXiv:2312.11462); the chain stops at
+    the first rejection (arXiv:2211.17192 with position-dependent alpha):
 
-      E = 1 + sum_i prod_{j <= i} alphas[j].
+        E = 1 + sum_i prod_{j <= i} alphas[j].
 
-  Args:
-    alphas: [..., gamma] conditional acceptance probabilities.
+    Args:
+      alphas: [..., gamma] conditional acceptance probabilities.
 
-  Returns:
-    E with shape alphas.shape[:-1] (float for 1-D input).
-  """
-  alphas = np.asarray(alphas, dtype=np.float64)
-  if alphas.ndim == 0:
-    raise ValueError("alphas must have a trailing position axis")
-  if np.any((alphas < 0) | (alphas > 1)):
-    raise ValueError("alphas must lie in [0, 1]")
-  return _scalar(1.0 + np.cumprod(alphas, axis=-1).sum(axis=-1))
+    Returns:
+      E with shape alphas.shape[:-1] (float for 1-D input).
+    """
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if alphas.ndim == 0:
+        raise ValueError("alphas must have a trailing position axis")
+    if np.any((alphas < 0) | (alphas > 1)):
+        raise ValueError("alphas must lie in [0, 1]")
+    return _scalar(1.0 + np.cumprod(alphas, axis=-1).sum(axis=-1))
 
 
 def speedup(alpha, gamma, c, verify_cost: VerifyCost = None):
-  """Modelled walltime speedup of chain speculative decoding over autoregression.
+    """Modelled walltime speedup of chain speculative decoding over autoregression.
 
-  Assumptions: i.i.d. acceptance alpha (`expected_tokens`); each step drafts
-  gamma tokens at cost c each and runs one target forward over gamma + 1
-  tokens (the last committed token and the gamma drafts); no other overheads.
+    Assumptions: i.i.d. acceptance alpha (`expected_tokens`); each step drafts
+    gamma tokens at cost c each and runs one target forward over gamma + 1
+    tokens (the last committed token and the gamma drafts); no other overheads.
 
-      speedup = E(alpha, gamma) / (gamma c + v(gamma + 1) / v(1)),
+        speedup = E(alpha, gamma) / (gamma c + v(gamma + 1) / v(1)),
 
-  which is Leviathan et al.'s (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1))
-  when the verification cost is flat (`verify_cost=None`).
+    which is Leviathan et al.'s (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1))
+    when the verification cost is flat (`verify_cost=None`).
 
-  Args:
-    alpha: acceptance rate in [0, 1].
-    gamma: draft length (>= 0).
-    c: draft cost per token relative to a one-token target forward.
-    verify_cost: None (flat), a callable T -> cost, or an array with
-      verify_cost[T] = measured cost of a target forward over T tokens.
+    Args:
+      alpha: acceptance rate in [0, 1].
+      gamma: draft length (>= 0).
+      c: draft cost per token relative to a one-token target forward.
+      verify_cost: None (flat), a callable T -> cost, or an array with
+        verify_cost[T] = measured cost of a target forward over T tokens.
 
-  Returns:
-    The speedup factor.
-  """
-  gamma_arr = np.asarray(gamma)
-  step = gamma_arr * float(c) + _verify_ratio(verify_cost, gamma_arr + 1)
-  return _scalar(np.asarray(expected_tokens(alpha, gamma)) / step)
+    Returns:
+      The speedup factor.
+    """
+    gamma_arr = np.asarray(gamma)
+    step = gamma_arr * float(c) + _verify_ratio(verify_cost, gamma_arr + 1)
+    return _scalar(np.asarray(expected_tokens(alpha, gamma)) / step)
 
 
-def optimal_gamma(alpha, c, verify_cost: VerifyCost = None, max_gamma: int = 64) -> tuple[int, float]:
-  """Draft length maximising `speedup` (gamma = 0 means: do not speculate).
+def optimal_gamma(
+    alpha, c, verify_cost: VerifyCost = None, max_gamma: int = 64
+) -> tuple[int, float]:
+    """Draft length maximising `speedup` (gamma = 0 means: do not speculate).
 
-  Assumptions as in `speedup` (Leviathan et al., arXiv:2211.17192, Sec. 3.5);
-  exhaustive over gamma = 0..max_gamma (the speedup is unimodal for flat
-  costs but need not be for measured curves).
+    Assumptions as in `speedup` (Leviathan et al., arXiv:2211.17192, Sec. 3.5);
+    exhaustive over gamma = 0..max_gamma (the speedup is unimodal for flat
+    costs but need not be for measured curves).
 
-  Args:
-    alpha: acceptance rate in [0, 1].
-    c: draft cost per token relative to a one-token target forward.
-    verify_cost: see `speedup`; must cover T up to max_gamma + 1.
-    max_gamma: largest draft length tried.
+    Args:
+      alpha: acceptance rate in [0, 1].
+      c: draft cost per token relative to a one-token target forward.
+      verify_cost: see `speedup`; must cover T up to max_gamma + 1.
+      max_gamma: largest draft length tried.
 
-  Returns:
-    (gamma*, speedup at gamma*).
-  """
-  gammas = np.arange(max_gamma + 1)
-  values = np.asarray(speedup(alpha, gammas, c, verify_cost))
-  best = int(np.argmax(values))
-  return best, float(values[best])
+    Returns:
+      (gamma*, speedup at gamma*).
+    """
+    gammas = np.arange(max_gamma + 1)
+    values = np.asarray(speedup(alpha, gammas, c, verify_cost))
+    best = int(np.argmax(values))
+    return best, float(values[best])
 
 
 def tree_expected_tokens(parents, acceptance) -> float:
-  """Expected tokens per target call of a draft tree under positional acceptance.
+    """Expected tokens per target call of a draft tree under positional acceptance.
 
-  Assumptions (Sequoia, arXiv:2402.12374, Sec. 3.1): the probability that the
-  verifier accepts the k-th child of an accepted node depends only on k (and
-  optionally on the node's depth), not on the tokens; acceptance[k] is that
-  marginal probability (sum_k acceptance[k] <= 1). For a multi-draft verifier
-  with acceptance rates alpha(m) for m drafts, acceptance[k] =
-  alpha(k + 1) - alpha(k). Then node v is on the accepted path with
-  probability f(v) = prod over the edges to v of acceptance[rank], and
+    Assumptions (Sequoia, arXiv:2402.12374, Sec. 3.1): the probability that the
+    verifier accepts the k-th child of an accepted node depends only on k (and
+    optionally on the node's depth), not on the tokens; acceptance[k] is that
+    marginal probability (sum_k acceptance[k] <= 1). For a multi-draft verifier
+    with acceptance rates alpha(m) for m drafts, acceptance[k] =
+    alpha(k + 1) - alpha(k). Then node v is on the accepted path with
+    probability f(v) = prod over the edges to v of acceptance[rank], and
 
-      E = 1 + sum_v f(v)   (1 for the root = bonus token).
+        E = 1 + sum_v f(v)   (1 for the root = bonus token).
 
-  A chain with acceptance = [alpha] gives `expected_tokens(alpha, gamma)`.
+    A chain with acceptance = [alpha] gives `expected_tokens(alpha, gamma)`.
 
-  Args:
-    parents: int [N], parent of each draft node in BFS order (parent[i] < i,
-      -1 for children of the root = last committed token). Siblings are
-      ranked in order of appearance.
-    acceptance: [K] per-rank or [D, K] per-depth-and-rank marginals; depth d
-      = 0 for the root's children (depths beyond D reuse the last row).
+    Args:
+      parents: int [N], parent of each draft node in BFS order (parent[i] < i,
+        -1 for children of the root = last committed token). Siblings are
+        ranked in order of appearance.
+      acceptance: [K] per-rank or [D, K] per-depth-and-rank marginals; depth d
+        = 0 for the root's children (depths beyond D reuse the last row).
 
-  Returns:
-    E (float).
-  """
-  parents = np.asarray(parents, dtype=np.int64)
-  acc = np.asarray(acceptance, dtype=np.float64)
-  if acc.ndim == 1:
-    acc = acc[None, :]
-  if acc.ndim != 2 or np.any(acc < 0) or np.any(acc.sum(axis=1) > 1 + 1e-9):
-    raise ValueError("acceptance must be [K] or [D, K], non-negative, each row summing to <= 1")
-  if parents.ndim != 1 or np.any(parents >= np.arange(parents.shape[0])) or np.any(parents < -1):
-    raise ValueError("parents must be 1-D with -1 <= parent[i] < i")
-  reach = np.zeros(parents.shape[0])
-  depth = np.zeros(parents.shape[0], dtype=np.int64)
-  children: dict[int, int] = {}
-  for i, par in enumerate(parents):
-    rank = children.get(int(par), 0)
-    children[int(par)] = rank + 1
-    depth[i] = 0 if par < 0 else depth[par] + 1
-    row = acc[min(depth[i], acc.shape[0] - 1)]
-    prob = row[rank] if rank < row.shape[0] else 0.0
-    reach[i] = prob * (1.0 if par < 0 else reach[par])
-  return float(1.0 + reach.sum())
+    Returns:
+      E (float).
+    """
+    parents = np.asarray(parents, dtype=np.int64)
+    acc = np.asarray(acceptance, dtype=np.float64)
+    if acc.ndim == 1:
+        acc = acc[None, :]
+    if acc.ndim != 2 or np.any(acc < 0) or np.any(acc.sum(axis=1) > 1 + 1e-9):
+        raise ValueError("acceptance must be [K] or [D, K], non-negative, each row summing to <= 1")
+    if parents.ndim != 1 or np.any(parents >= np.arange(parents.shape[0])) or np.any(parents < -1):
+        raise ValueError("parents must be 1-D with -1 <= parent[i] < i")
+    reach = np.zeros(parents.shape[0])
+    depth = np.zeros(parents.shape[0], dtype=np.int64)
+    children: dict[int, int] = {}
+    for i, par in enumerate(parents):
+        rank = children.get(int(par), 0)
+        children[int(par)] = rank + 1
+        depth[i] = 0 if par < 0 else depth[par] + 1
+        row = acc[min(depth[i], acc.shape[0] - 1)]
+        prob = row[rank] if rank < row.shape[0] else 0.0
+        reach[i] = prob * (1.0 if par < 0 else reach[par])
+    return float(1.0 + reach.sum())
 
 
 def optimal_tree(acceptance, num_nodes: int) -> tuple[float, np.ndarray]:
-  """Best tree of `num_nodes` draft nodes under per-rank positional acceptance.
+    """Best tree of `num_nodes` draft nodes under per-rank positional acceptance.
 
-  Sequoia's dynamic programme (arXiv:2402.12374, Sec. 3.1): with F(m) the
-  best expected tokens of a subtree with m nodes including its root,
-  F(m) = 1 + max over (m_1, ..., m_K) summing to m - 1 of
-  sum_k acceptance[k] F(m_k), F(0) = 0. O(num_nodes^2 K).
+    Sequoia's dynamic programme (arXiv:2402.12374, Sec. 3.1): with F(m) the
+    best expected tokens of a subtree with m nodes including its root,
+    F(m) = 1 + max over (m_1, ..., m_K) summing to m - 1 of
+    sum_k acceptance[k] F(m_k), F(0) = 0. O(num_nodes^2 K).
 
-  Args:
-    acceptance: [K] per-rank marginal acceptance (depth-independent).
-    num_nodes: number of draft nodes (excluding the root).
+    Args:
+      acceptance: [K] per-rank marginal acceptance (depth-independent).
+      num_nodes: number of draft nodes (excluding the root).
 
-  Returns:
-    (E, parents): the optimal expected tokens (incl. bonus, = F(num_nodes + 1))
-    and one optimal tree as a BFS parent array.
-  """
-  acc = np.asarray(acceptance, dtype=np.float64)
-  if acc.ndim != 1 or np.any(acc < 0) or acc.sum() > 1 + 1e-9:
-    raise ValueError("acceptance must be [K], non-negative, summing to <= 1")
-  K, total = acc.shape[0], int(num_nodes) + 1
-  best = np.zeros(total + 1)                       # F(m)
-  # split[k, m]: best value of giving m nodes to the children of rank >= k.
-  split = np.zeros((K + 1, total + 1))
-  choice = np.zeros((K + 1, total + 1), dtype=np.int64)
-  for m in range(1, total + 1):
-    best[m] = 1.0 + split[0, m - 1]
-    for k in range(K - 1, -1, -1):   # refresh splits that can now use F(m)
-      js = np.arange(m + 1)
-      vals = acc[k] * best[js] + split[k + 1, m - js]
-      choice[k, m] = int(np.argmax(vals))
-      split[k, m] = vals[choice[k, m]]
-  parents: list[int] = []
+    Returns:
+      (E, parents): the optimal expected tokens (incl. bonus, = F(num_nodes + 1))
+      and one optimal tree as a BFS parent array.
+    """
+    acc = np.asarray(acceptance, dtype=np.float64)
+    if acc.ndim != 1 or np.any(acc < 0) or acc.sum() > 1 + 1e-9:
+        raise ValueError("acceptance must be [K], non-negative, summing to <= 1")
+    K, total = acc.shape[0], int(num_nodes) + 1
+    best = np.zeros(total + 1)  # F(m)
+    # split[k, m]: best value of giving m nodes to the children of rank >= k.
+    split = np.zeros((K + 1, total + 1))
+    choice = np.zeros((K + 1, total + 1), dtype=np.int64)
+    for m in range(1, total + 1):
+        best[m] = 1.0 + split[0, m - 1]
+        for k in range(K - 1, -1, -1):  # refresh splits that can now use F(m)
+            js = np.arange(m + 1)
+            vals = acc[k] * best[js] + split[k + 1, m - js]
+            choice[k, m] = int(np.argmax(vals))
+            split[k, m] = vals[choice[k, m]]
+    parents: list[int] = []
 
-  def build(root: int, size: int) -> list[tuple[int, int]]:
-    subtrees, left = [], size - 1
-    for k in range(K):
-      take = int(choice[k, left])
-      if take:
-        subtrees.append((root, take))
-      left -= take
-    return subtrees
+    def build(root: int, size: int) -> list[tuple[int, int]]:
+        subtrees, left = [], size - 1
+        for k in range(K):
+            take = int(choice[k, left])
+            if take:
+                subtrees.append((root, take))
+            left -= take
+        return subtrees
 
-  queue = build(-1, total)
-  while queue:   # BFS: emit children of one node, then expand them in order
-    nxt = []
-    for par, size in queue:
-      parents.append(par)
-      nxt.extend(build(len(parents) - 1, size))
-    queue = nxt
-  return float(best[total]), np.asarray(parents, dtype=np.int64)
+    queue = build(-1, total)
+    while queue:  # BFS: emit children of one node, then expand them in order
+        nxt = []
+        for par, size in queue:
+            parents.append(par)
+            nxt.extend(build(len(parents) - 1, size))
+        queue = nxt
+    return float(best[total]), np.asarray(parents, dtype=np.int64)
 
 
 def cascade_speedup(alphas, costs, verify_cost: VerifyCost = None) -> float:
-  """Speedup of a chain whose positions have their own acceptance and draft cost.
+    """Speedup of a chain whose positions have their own acceptance and draft cost.
 
-  Models per-position acceptance vectors and CS Drafting's horizontal
-  cascade (arXiv:2312.11462, Sec. 3.2): position i is drafted by some
-  drafter with cost costs[i] and accepted with conditional probability
-  alphas[i]; one target forward verifies all gamma + 1 tokens:
+    Models per-position acceptance vectors and CS Drafting's horizontal
+    cascade (arXiv:2312.11462, Sec. 3.2): position i is drafted by some
+    drafter with cost costs[i] and accepted with conditional probability
+    alphas[i]; one target forward verifies all gamma + 1 tokens:
 
-      speedup = (1 + sum_i prod_{j<=i} alphas[j]) / (sum_i costs[i] + v(gamma + 1) / v(1)).
+        speedup = (1 + sum_i prod_{j<=i} alphas[j]) / (sum_i costs[i] + v(gamma + 1) / v(1)).
 
-  Args:
-    alphas: [gamma] conditional acceptance per position.
-    costs: [gamma] draft cost per position (relative to a one-token target forward).
-    verify_cost: see `speedup`.
+    Args:
+      alphas: [gamma] conditional acceptance per position.
+      costs: [gamma] draft cost per position (relative to a one-token target forward).
+      verify_cost: see `speedup`.
 
-  Returns:
-    The speedup factor.
-  """
-  alphas = np.asarray(alphas, dtype=np.float64)
-  costs = np.asarray(costs, dtype=np.float64)
-  if alphas.ndim != 1 or alphas.shape != costs.shape:
-    raise ValueError(f"alphas and costs must be 1-D of equal length, got {alphas.shape}, {costs.shape}")
-  if np.any(costs < 0):
-    raise ValueError("costs must be >= 0")
-  step = costs.sum() + _verify_ratio(verify_cost, alphas.shape[0] + 1)
-  return float(expected_tokens_per_position(alphas) / step) if alphas.size else float(1.0 / step)
-
-
-def best_horizontal_cascade(drafter_alphas, drafter_costs, max_len: int,
-                            verify_cost: VerifyCost = None) -> tuple[tuple[int, ...], float]:
-  """Best horizontal cascade: how many consecutive positions each drafter drafts.
-
-  CS Drafting (arXiv:2312.11462) drafts the first positions with the larger
-  (more accurate, costlier) drafters and later positions with smaller ones,
-  because later tokens are less likely to be reached. Drafters are used in
-  the given order; drafter i drafts k_i consecutive positions with i.i.d.
-  acceptance drafter_alphas[i] at cost drafter_costs[i]. Exhaustive over all
-  (k_1, ..., k_m) with sum <= max_len.
-
-  Args:
-    drafter_alphas: [m] acceptance rate of each drafter.
-    drafter_costs: [m] draft cost per token of each drafter.
-    max_len: largest total draft length.
-    verify_cost: see `speedup`.
-
-  Returns:
-    (counts per drafter, speedup).
-  """
-  a = np.asarray(drafter_alphas, dtype=np.float64)
-  c = np.asarray(drafter_costs, dtype=np.float64)
-  if a.ndim != 1 or a.shape != c.shape:
-    raise ValueError("drafter_alphas and drafter_costs must be 1-D of equal length")
-  best_counts, best_value = (0,) * a.shape[0], -np.inf
-  for counts in itertools.product(range(max_len + 1), repeat=a.shape[0]):
-    if sum(counts) > max_len:
-      continue
-    value = cascade_speedup(np.repeat(a, counts), np.repeat(c, counts), verify_cost)
-    if value > best_value + 1e-15:
-      best_counts, best_value = tuple(int(k) for k in counts), value
-  return best_counts, float(best_value)
+    Returns:
+      The speedup factor.
+    """
+    alphas = np.asarray(alphas, dtype=np.float64)
+    costs = np.asarray(costs, dtype=np.float64)
+    if alphas.ndim != 1 or alphas.shape != costs.shape:
+        raise ValueError(
+            f"alphas and costs must be 1-D of equal length, got {alphas.shape}, {costs.shape}"
+        )
+    if np.any(costs < 0):
+        raise ValueError("costs must be >= 0")
+    step = costs.sum() + _verify_ratio(verify_cost, alphas.shape[0] + 1)
+    return float(expected_tokens_per_position(alphas) / step) if alphas.size else float(1.0 / step)
 
 
-def vertical_cascade_cost(draft_cost: float, inner_alpha: float, inner_gamma: int,
-                          inner_cost: float) -> float:
-  """Effective per-token cost of a drafter that is itself sped up by speculation.
+def best_horizontal_cascade(
+    drafter_alphas, drafter_costs, max_len: int, verify_cost: VerifyCost = None
+) -> tuple[tuple[int, ...], float]:
+    """Best horizontal cascade: how many consecutive positions each drafter drafts.
 
-  CS Drafting's vertical cascade (arXiv:2312.11462, Sec. 3.1): the drafter
-  (cost draft_cost per forward) verifies inner_gamma tokens of a smaller
-  drafter (cost inner_cost per token, i.i.d. acceptance inner_alpha), so per
-  generated draft token it costs
+    CS Drafting (arXiv:2312.11462) drafts the first positions with the larger
+    (more accurate, costlier) drafters and later positions with smaller ones,
+    because later tokens are less likely to be reached. Drafters are used in
+    the given order; drafter i drafts k_i consecutive positions with i.i.d.
+    acceptance drafter_alphas[i] at cost drafter_costs[i]. Exhaustive over all
+    (k_1, ..., k_m) with sum <= max_len.
 
-      (inner_gamma * inner_cost + draft_cost) / E(inner_alpha, inner_gamma),
+    Args:
+      drafter_alphas: [m] acceptance rate of each drafter.
+      drafter_costs: [m] draft cost per token of each drafter.
+      max_len: largest total draft length.
+      verify_cost: see `speedup`.
 
-  assuming a flat verification cost for the drafter. Feed the result to
-  `speedup` as c.
+    Returns:
+      (counts per drafter, speedup).
+    """
+    a = np.asarray(drafter_alphas, dtype=np.float64)
+    c = np.asarray(drafter_costs, dtype=np.float64)
+    if a.ndim != 1 or a.shape != c.shape:
+        raise ValueError("drafter_alphas and drafter_costs must be 1-D of equal length")
+    best_counts, best_value = (0,) * a.shape[0], -np.inf
+    for counts in itertools.product(range(max_len + 1), repeat=a.shape[0]):
+        if sum(counts) > max_len:
+            continue
+        value = cascade_speedup(np.repeat(a, counts), np.repeat(c, counts), verify_cost)
+        if value > best_value + 1e-15:
+            best_counts, best_value = tuple(int(k) for k in counts), value
+    return best_counts, float(best_value)
 
-  Args:
-    draft_cost: cost of one forward of the drafter (relative to the target).
-    inner_alpha: acceptance rate of the smaller drafter against the drafter.
-    inner_gamma: draft length of the inner speculation.
-    inner_cost: cost per token of the smaller drafter.
 
-  Returns:
-    The effective draft cost per token.
-  """
-  return float((inner_gamma * inner_cost + draft_cost) / expected_tokens(inner_alpha, inner_gamma))
+def vertical_cascade_cost(
+    draft_cost: float, inner_alpha: float, inner_gamma: int, inner_cost: float
+) -> float:
+    """Effective per-token cost of a drafter that is itself sped up by speculation.
+
+    CS Drafting's vertical cascade (arXiv:2312.11462, Sec. 3.1): the drafter
+    (cost draft_cost per forward) verifies inner_gamma tokens of a smaller
+    drafter (cost inner_cost per token, i.i.d. acceptance inner_alpha), so per
+    generated draft token it costs
+
+        (inner_gamma * inner_cost + draft_cost) / E(inner_alpha, inner_gamma),
+
+    assuming a flat verification cost for the drafter. Feed the result to
+    `speedup` as c.
+
+    Args:
+      draft_cost: cost of one forward of the drafter (relative to the target).
+      inner_alpha: acceptance rate of the smaller drafter against the drafter.
+      inner_gamma: draft length of the inner speculation.
+      inner_cost: cost per token of the smaller drafter.
+
+    Returns:
+      The effective draft cost per token.
+    """
+    return float(
+        (inner_gamma * inner_cost + draft_cost) / expected_tokens(inner_alpha, inner_gamma)
+    )
 
 
 def _verify_ratio(verify_cost: VerifyCost, tokens):
-  """v(T) / v(1) for T = tokens (array), 1 for a flat cost."""
-  tokens = np.asarray(tokens)
-  if verify_cost is None:
-    return np.ones(tokens.shape)
-  if callable(verify_cost):
-    base = float(verify_cost(1))
-    values = np.vectorize(lambda t: float(verify_cost(int(t))))(tokens)
-  else:
-    curve = np.asarray(verify_cost, dtype=np.float64)
-    if curve.ndim != 1 or curve.shape[0] <= int(np.max(tokens)):
-      raise ValueError(f"verify_cost must be 1-D with an entry for T = {int(np.max(tokens))}")
-    base, values = curve[1], curve[tokens]
-  if base <= 0:
-    raise ValueError("verify_cost(1) must be positive")
-  return values / base
+    """v(T) / v(1) for T = tokens (array), 1 for a flat cost."""
+    tokens = np.asarray(tokens)
+    if verify_cost is None:
+        return np.ones(tokens.shape)
+    if callable(verify_cost):
+        base = float(verify_cost(1))
+        values = np.vectorize(lambda t: float(verify_cost(int(t))))(tokens)
+    else:
+        curve = np.asarray(verify_cost, dtype=np.float64)
+        if curve.ndim != 1 or curve.shape[0] <= int(np.max(tokens)):
+            raise ValueError(f"verify_cost must be 1-D with an entry for T = {int(np.max(tokens))}")
+        base, values = curve[1], curve[tokens]
+    if base <= 0:
+        raise ValueError("verify_cost(1) must be positive")
+    return values / base
 
 
 def _scalar(x):
-  x = np.asarray(x)
-  return float(x) if x.ndim == 0 else x
+    x = np.asarray(x)
+    return float(x) if x.ndim == 0 else x
