@@ -185,3 +185,19 @@ def test_config_parses():
         te.from_config_dict(c)
     with pytest.raises(ValueError, match="variant"):
         theory_config.get_config("huge")
+
+
+def test_logits_cache_skips_the_models(models, tmp_path):
+    target, draft = models
+    settings = te.Settings(temperatures=(1.0,), num_drafts=(2,), **SHAPES)
+    cache = tmp_path / "logits.npz"
+    first = te.run(target, draft, ITEMS, settings, log=None, logits_cache=cache, cache_key="tiny")
+    assert cache.is_file()
+
+    def fail():
+        raise AssertionError("the models must not be loaded when the cache matches")
+
+    again = te.run(fail, fail, ITEMS, settings, log=None, logits_cache=cache, cache_key="tiny")
+    assert te._jsonable(again["summary"]) == te._jsonable(first["summary"])  # NaN -> None
+    with pytest.raises(AssertionError, match="must not"):  # another key: the cache is not used
+        te.run(fail, fail, ITEMS, settings, log=None, logits_cache=cache, cache_key="other")

@@ -1,0 +1,259 @@
+"""c(T) of one dense layer y = x @ w: plain `x @ w` vs `specjax.models.linear`.
+
+    python -m experiments.matmul_bench                       # all shapes, plain vs linear
+    python -m experiments.matmul_bench --shapes=smol_mlp_up,qwen_down --tokens=1,2,4,8
+    python -m experiments.matmul_bench --variants=plain,linear,reduce_oi,plain_eigen
+    python -m experiments.matmul_bench --list                # the formulations tried
+
+c(T) = time(T rows) / time(plain `x @ w`, 1 row), both measured in the same
+run. Weights are streamed from DRAM as in a real forward: each timed call runs
+a chain of `copies` distinct weight matrices (at least `--stream_mb` MB in
+all, at most `--max_copies` matrices, each layer's input depending on the
+previous output so XLA cannot overlap them), and the time per matrix is
+reported. `--stream_mb=0` times one matrix that stays in cache instead (not
+what a forward sees for these models: SmolLM2-135M is 540 MB).
+
+Timing: a warm-up call per (variant, T), then `--reps` rounds that each time
+every (variant, T) once, interleaved, and the median per (variant, T). The
+machine is shared: compare ratios within one run, and read the load average
+printed next to each shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from specjax.models import linear as lin
+
+SHAPES = {  # name: (Din, Dout)
+    "smol_q_o": (576, 576),
+    "smol_kv": (576, 192),
+    "smol_gate_up": (576, 1536),
+    "smol_down": (1536, 576),
+    "smol_head": (576, 49152),
+    "qwen_q_o": (1536, 1536),
+    "qwen_kv": (1536, 256),
+    "qwen_gate_up": (1536, 8960),
+    "qwen_down": (8960, 1536),
+    "qwen_head": (1536, 151936),
+}
+
+
+def _fence(f):
+    """Barriers around a formulation, as `linear` has, so XLA cannot merge its
+    reduction with the chain's mean or fuse the chain's add into it."""
+
+    def g(x, w):
+        return lax.optimization_barrier(f(lax.optimization_barrier(x), w))
+
+    return g
+
+
+def _matvecs(x, w):
+    return jnp.stack([x[t] @ w for t in range(x.shape[0])])
+
+
+def _map_blocks(x, w, block=1024):
+    din, dout = w.shape
+    if dout % block:
+        return x @ w
+    wb = jnp.transpose(w.reshape(din, dout // block, block), (1, 0, 2))  # copy
+    return jnp.transpose(lax.map(lambda wj: x @ wj, wb), (1, 0, 2)).reshape(x.shape[0], dout)
+
+
+def _numpy_callback(x, w):
+    def host(xh, wh):
+        return np.asarray(xh) @ np.asarray(wh)
+
+    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), jnp.float32)
+    return jax.pure_callback(host, out, x, w)
+
+
+# name: (weight layout, fn(x [M, Din], prepared w) -> [M, Dout], compiler options, doc)
+def _variants():
+    no_ynn = {"xla_cpu_experimental_ynn_fusion_type": ""}
+    v = {
+        "plain": ("io", lambda x, w: x @ w, None, "x @ w, w [Din, Dout] (the baseline)"),
+        "linear": ("panel32", lin.linear, None, "specjax.models.linear (panels of 32)"),
+        "plain_eigen": ("io", lambda x, w: x @ w, no_ynn,
+                        "x @ w with YNNPACK off for this jit (Eigen matmul)"),
+        "reduce_oi": ("oi", _fence(lambda x, w: jnp.sum(w[None] * x[:, None, :], -1)), None,
+                      "sum(w[None] * x[:, None, :], -1), w [Dout, Din]"),
+        "reduce_io": ("io", _fence(lambda x, w: jnp.sum(w[None] * x[:, :, None], 1)), None,
+                      "sum(w[None] * x[:, :, None], 1), w [Din, Dout]"),
+        "dot_oi": ("oi", lambda x, w: lax.dot_general(x, w, (((1,), (1,)), ((), ()))), None,
+                   "dot_general contracting the last dims, w [Dout, Din]"),
+        "matvecs": ("io", _matvecs, None, "T separate x[t] @ w"),
+        "map_blocks": ("io", _map_blocks, None, "lax.map over 1024-column blocks of w"),
+        "numpy_cb": ("io", _numpy_callback, None, "jax.pure_callback to numpy (OpenBLAS)"),
+        "bf16": ("io_bf16", lambda x, w: jnp.matmul(x.astype(jnp.bfloat16), w,
+                                                    preferred_element_type=jnp.float32),
+                 None, "bfloat16 weights and x, float32 accumulation (not exact)"),
+    }
+    for p in (16, 64, 128):
+        v[f"linear_p{p}"] = (f"panel{p}", lin.linear, None, f"linear with panels of {p}")
+    return v
+
+
+VARIANTS = _variants()
+
+
+def _prepare(layout: str, w: np.ndarray):
+    if layout == "io":
+        return jnp.asarray(w)
+    if layout == "io_bf16":
+        return jnp.asarray(w, jnp.bfloat16)
+    if layout == "oi":
+        return jnp.asarray(np.ascontiguousarray(w.T))
+    if layout.startswith("panel"):
+        return jnp.asarray(lin.prepare_weight(w, panel=int(layout[5:])))
+    raise ValueError(layout)
+
+
+def _chain(fn, dout: int, options):
+    """One jitted call running fn over every weight copy in sequence."""
+
+    def run(x, ws):
+        acc = jnp.zeros((x.shape[0], dout), jnp.float32)
+        for w in ws:
+            y = fn(x, w).astype(jnp.float32)
+            acc = acc + y
+            x = x + 1e-3 * jnp.mean(y, axis=-1, keepdims=True)  # serialises the chain
+        return acc
+
+    return jax.jit(run, compiler_options=options) if options else jax.jit(run)
+
+
+def _time_interleaved(calls: dict, reps: int, budget_s: float) -> tuple[dict, int]:
+    """Median seconds per call; rounds = reps, fewer (>= 3) if over budget_s."""
+    for f in calls.values():  # compile + warm up
+        jax.block_until_ready(f())
+    times = {k: [] for k in calls}
+    t0 = time.perf_counter()
+    for k, f in calls.items():
+        jax.block_until_ready(f())
+    round_s = time.perf_counter() - t0
+    reps = max(3, min(reps, int(budget_s / max(round_s, 1e-9))))
+    for _ in range(reps):
+        for k, f in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}, reps
+
+
+def bench_shape(name, din, dout, tokens, variants, args):
+    nbytes = din * dout * 4
+    copies = 1 if args.stream_mb <= 0 else int(
+        min(args.max_copies, max(1, math.ceil(args.stream_mb * 2**20 / nbytes))))
+    rng = np.random.default_rng(0)
+    ws = [rng.standard_normal((din, dout), np.float32) / np.sqrt(din) for _ in range(copies)]
+    prepared = {}
+    for v in variants:
+        layout = VARIANTS[v][0]
+        if layout not in prepared:
+            prepared[layout] = [_prepare(layout, w) for w in ws]
+    del ws
+    fns = {v: _chain(VARIANTS[v][1], dout, VARIANTS[v][2]) for v in variants}
+    xs = {t: jnp.asarray(rng.standard_normal((t, din), np.float32)) for t in tokens}
+    # correctness against the first variant (float rounding only, bf16 excepted)
+    for t in tokens:
+        ref = np.asarray(fns[variants[0]](xs[t], prepared[VARIANTS[variants[0]][0]]))
+        for v in variants[1:]:
+            got = np.asarray(fns[v](xs[t], prepared[VARIANTS[v][0]]))
+            tol = 3e-2 if "bf16" in v else 1e-4
+            np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max(),
+                                       err_msg=f"{name} {v} T={t}")
+    load0 = os.getloadavg()[0]
+    calls = {(v, t): functools.partial(fns[v], xs[t], prepared[VARIANTS[v][0]])
+             for v in variants for t in tokens}
+    med, reps = _time_interleaved(calls, args.reps, args.budget_s)
+    load1 = os.getloadavg()[0]
+    ms = {k: 1e3 * s / copies for k, s in med.items()}
+    return dict(name=name, din=din, dout=dout, copies=copies, mb=copies * nbytes / 2**20,
+                load=(load0, load1), reps=reps, ms={f"{v}@{t}": ms[(v, t)] for v, t in ms})
+
+
+def _markdown(res, tokens, variants):
+    base_v = "plain" if "plain" in variants else variants[0]
+    base = res["ms"][f"{base_v}@{tokens[0]}"]
+    lines = [f"### {res['name']} {res['din']}x{res['dout']} ({res['copies']} copies, "
+             f"{res['mb']:.0f} MB per call, {res['reps']} rounds; load {res['load'][0]:.1f} -> {res['load'][1]:.1f})",
+             "",
+             "| T | " + " | ".join(f"{v} ms" for v in variants) + " | "
+             + " | ".join(f"c {v}" for v in variants) + " |",
+             "|---" * (1 + 2 * len(variants)) + "|"]
+    for t in tokens:
+        row = [res["ms"][f"{v}@{t}"] for v in variants]
+        lines.append(f"| {t} | " + " | ".join(f"{m:.3f}" for m in row) + " | "
+                     + " | ".join(f"{m / base:.2f}" for m in row) + " |")
+    return "\n".join(lines)
+
+
+def _summary(results, tokens, variants):
+    """One row per shape: c(T) of every variant (vs plain at T=1)."""
+    base_v = "plain" if "plain" in variants else variants[0]
+    head = "| shape | variant | " + " | ".join(f"T={t}" for t in tokens) + " | load |"
+    lines = [head, "|---" * (3 + len(tokens)) + "|"]
+    for r in results:
+        base = r["ms"][f"{base_v}@{tokens[0]}"]
+        for v in variants:
+            cs = " | ".join(f"{r['ms'][f'{v}@{t}'] / base:.2f}" for t in tokens)
+            lines.append(f"| {r['name']} {r['din']}x{r['dout']} | {v} | {cs} | "
+                         f"{r['load'][0]:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default=",".join(SHAPES),
+                    help="names from SHAPES or DinxDout, comma-separated")
+    ap.add_argument("--tokens", default="1,2,4,8,16,32,64", help="values of T (rows of x)")
+    ap.add_argument("--variants", default="plain,linear",
+                    help="comma-separated, first is the reference; see --list")
+    ap.add_argument("--reps", type=int, default=10, help="interleaved timed rounds (max)")
+    ap.add_argument("--budget_s", type=float, default=25,
+                    help="fewer rounds (>= 3) for a shape whose rounds would take longer")
+    ap.add_argument("--stream_mb", type=float, default=128,
+                    help="weight bytes per timed call (0: one cache-resident matrix)")
+    ap.add_argument("--max_copies", type=int, default=64, help="cap on weight copies")
+    ap.add_argument("--out", default="", help="write the results as JSON here")
+    ap.add_argument("--list", action="store_true", help="list the variants and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for k, (layout, _, opts, doc) in VARIANTS.items():
+            print(f"{k:12s} layout={layout:8s} {doc}")
+        return
+    tokens = [int(t) for t in args.tokens.split(",")]
+    variants = args.variants.split(",")
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v}; --list shows them")
+    print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+          f"load {os.getloadavg()[0]:.1f}; ms per matrix, c(T) vs {variants[0]} at T={tokens[0]}\n",
+          flush=True)
+    results = []
+    for s in args.shapes.split(","):
+        din, dout = SHAPES[s] if s in SHAPES else map(int, s.split("x"))
+        r = bench_shape(s, din, dout, tokens, variants, args)
+        results.append(r)
+        print(_markdown(r, tokens, variants) + "\n", flush=True)
+    print("## c(T) summary\n")
+    print(_summary(results, tokens, variants))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(tokens=tokens, variants=variants, results=results), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
