@@ -17,7 +17,7 @@ from scipy import optimize, stats
 
 from specjax import verify
 
-from exact_laws import draft_outcomes
+from tests.verify.exact_laws import draft_outcomes
 
 P_REF = np.array([0.4, 0.3, 0.2, 0.1])
 Q_REF = np.array([0.1, 0.2, 0.3, 0.4])

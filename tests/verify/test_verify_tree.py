@@ -22,7 +22,7 @@ from scipy import stats
 from specjax import trees, verify
 from specjax.verify.multidraft import RRS
 
-from exact_laws import output_window, random_conditionals, target_window, tree_outcomes
+from tests.verify.exact_laws import output_window, random_conditionals, target_window, tree_outcomes
 
 V, DEPTH, N, ROWS = 3, 2, 8, 1024  # every batch padded to [ROWS, N]: one compile per verifier
 WINDOW = DEPTH + 1
