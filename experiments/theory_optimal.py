@@ -1,9 +1,10 @@
 """Verifiers vs the optimal multi-draft acceptance on real distributions.
 
-    python -m experiments.theory_optimal --config=configs/theory_optimal.py --workdir=workdir/theory_optimal
+    python -m experiments.theory_optimal --config=configs/theory_optimal.py
 
 Overrides: `--config.settings.num_positions=20 --config.settings.temperatures=0.7`.
-Writes table.md, results.json and plot.png into `--workdir` (see
+Writes table.md, results.json, plot.png, rows.npz and logits.npz (reused by the next
+run on the same prompts) into `--workdir` (default workdir/theory_optimal; see
 specjax.bench.theory_experiment).
 """
 

@@ -19,7 +19,10 @@ used one after the other, so only one is in memory at a time.
 
 Standard errors treat the prompts as independent clusters (the positions of
 one text are correlated): for the pooled mean m of N rows in G prompts,
-se = sqrt(G / (G - 1) * sum_g (sum_{i in g} (x_i - m))^2) / N.
+se = sqrt(G / (G - 1) * sum_g (sum_{i in g} (x_i - m))^2) / N. A verifier
+and its optimum are evaluated on the same rows, so the standard error of the
+gap is that of the paired per-row differences (much smaller than either
+mean's).
 
 Support truncation (`Settings.min_prob > 0`) makes the 152k-token
 computations affordable: per row only the tokens with p or q >= min_prob
@@ -33,7 +36,9 @@ for n >= 3, which `theory.compare_verifiers` returns as certified bounds
 Layout: `greedy_continuations` and `continuation_logits` (models -> logits),
 `distributions`, `compare_prompt` (p, q -> per-row rates), `summarize`
 (rows -> means, standard errors, gaps, consistency counts), `run` (all of it
-for token-id prompts), `markdown_table`, `plot`, `write_outputs`; and for the
+for token-id prompts; optionally caches the continuations and logits in an
+.npz so that a re-analysis skips the models), `markdown_table`, `plot`,
+`write_outputs`; and for the
 config-driven experiment (`experiments/theory_optimal.py`):
 `ExperimentConfig`, `from_config_dict`, `select_prompts`, `run_experiment`.
 """
@@ -61,6 +66,7 @@ from specjax.models import cache as kvcache
 from specjax.models import decoder
 from specjax.models.config import ModelConfig
 from specjax.sampling import Sampling, process_probs
+from specjax.theory.comparison import DRAFT_LAW_OF
 
 # Verifier columns and optima (display order) and their display names.
 VERIFIERS = ("rrs_with_replacement", "kseq", "rrs_without_replacement", "greedy")
@@ -297,7 +303,7 @@ def _bucket(v: int) -> int:
     """
     if v < 2048:
         return v
-    return int(math.ceil(2.0 ** (math.ceil(4 * math.log2(v)) / 4)))
+    return math.ceil(2.0 ** (math.ceil(4 * math.log2(v)) / 4))
 
 
 # --------------------------------------------------------------------------
@@ -338,7 +344,8 @@ def summarize(rows: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, Any]
       dict with
       - "mean", "se": column -> list over draft counts ("single": a float);
       - "gap_percent": verifier -> list, 100 (opt - rate) / opt of the means,
-        against the optimum of the verifier's draft law;
+        against the optimum of the verifier's draft law; "gap_se_percent" its
+        standard error (cluster-robust, of the paired per-row differences);
       - "rrs_without_replacement_mean_bounds": [lower, upper] of the mean
         (lists over n), certified; "..._max_row_width": widest row bound;
       - "violations": number of rows where a verifier exceeds its optimum or
@@ -349,6 +356,12 @@ def summarize(rows: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, Any]
     for k in COLUMNS + ("single",):
         mean[k], se[k] = cluster_mean_se(rows[k], groups)
     gaps = theory.gap_to_optimum(mean)
+    # the verifiers and optima are evaluated on the same rows: the gap's standard error is
+    # that of the paired differences, far below the standard errors of the two means
+    gap_se = {}
+    for k, opt in DRAFT_LAW_OF.items():
+        _, d_se = cluster_mean_se(rows[opt] - rows[k], groups)
+        gap_se[k] = 100.0 * d_se / np.where(mean[opt] > 0, mean[opt], 1.0)
     width = rows["rrs_without_replacement_upper"] - rows["rrs_without_replacement_lower"]
     violations = {f"{k} > {opt}": int(np.sum(rows[k] > rows[opt] + _TOL))
                   for k, opt in _BOUND_OF.items()}
@@ -358,6 +371,7 @@ def summarize(rows: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, Any]
         mean={k: _list(v) for k, v in mean.items()},
         se={k: _list(v) for k, v in se.items()},
         gap_percent={k: _list(v) for k, v in gaps.items()},
+        gap_se_percent={k: _list(v) for k, v in gap_se.items()},
         rrs_without_replacement_mean_bounds=[_list(mean["rrs_without_replacement_lower"]),
                                              _list(mean["rrs_without_replacement_upper"])],
         rrs_without_replacement_max_row_width=_list(width.max(axis=0)),
@@ -365,8 +379,8 @@ def summarize(rows: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, Any]
         max_dropped_p=float(np.max(rows["dropped_p"])),
         max_dropped_q=float(np.max(rows["dropped_q"])),
         mean_support=float(np.mean(rows["support"])),
-        rows=int(len(groups)),
-        prompts=int(len(np.unique(groups))),
+        rows=len(groups),
+        prompts=len(np.unique(groups)),
     )
 
 
@@ -419,7 +433,9 @@ def run(target: ModelSource, draft: ModelSource, items: Sequence[TextItem], sett
       source, name, category, lengths and per-temperature means;
       "argmax_agreement": fraction of positions where the target's argmax in
       the scoring forward equals the generated greedy token (a check that both
-      passes agree); "seconds": wall-clock per phase.
+      passes agree); "seconds": wall-clock per phase; "rows": the per-row
+      arrays (temperature -> column -> [N, K] or [N], the prompt index and
+      source of each row), which `write_outputs` saves as rows.npz.
     """
     log = log or (lambda s: None)
     if not items:
@@ -455,7 +471,7 @@ def run(target: ModelSource, draft: ModelSource, items: Sequence[TextItem], sett
     items = [items[i] for i in keep]
     conts, t_logits, d_logits = ([x[i] for i in keep] for x in (conts, t_logits, d_logits))
     agree = float(np.mean(np.concatenate(
-        [np.argmax(l, axis=-1) == np.asarray(c) for l, c in zip(t_logits, conts)])))
+        [np.argmax(z, axis=-1) == np.asarray(c) for z, c in zip(t_logits, conts)])))
     log(f"target argmax == greedy token at {agree:.1%} of the positions")
 
     temps = tuple(float(t) for t in settings.temperatures)
@@ -465,7 +481,8 @@ def run(target: ModelSource, draft: ModelSource, items: Sequence[TextItem], sett
         rec = dict(source=it.source, name=it.name, category=it.category,
                    prompt_tokens=len(it.ids), positions=len(cont), mean={})
         for t in temps:
-            r = compare_prompt(distributions(t_logits[i], t), distributions(d_logits[i], t), settings)
+            p, q = distributions(t_logits[i], t), distributions(d_logits[i], t)
+            r = compare_prompt(p, q, settings)
             per_temp[t].append(r)
             rec["mean"][str(t)] = {k: _list(np.mean(r[k], axis=0))
                                    for k in VERIFIERS + OPTIMA + ("single",)}
@@ -476,9 +493,10 @@ def run(target: ModelSource, draft: ModelSource, items: Sequence[TextItem], sett
 
     groups = np.concatenate([np.full(len(c), i) for i, c in enumerate(conts)])
     sources = np.array([it.source for it, c in zip(items, conts) for _ in c])
-    summary = {}
+    summary, all_rows = {}, {}
     for t in temps:
         rows = {k: np.concatenate([r[k] for r in per_temp[t]]) for k in per_temp[t][0]}
+        all_rows[str(t)] = rows
         s = {"all": summarize(rows, groups)}
         for src in dict.fromkeys(sources.tolist()):
             sel = sources == src
@@ -490,7 +508,8 @@ def run(target: ModelSource, draft: ModelSource, items: Sequence[TextItem], sett
         log(f"full-vocabulary validation: {lap('validation'):.1f} s")
     return dict(settings=dataclasses.asdict(settings), num_drafts=list(settings.num_drafts),
                 temperatures=list(temps), summary=summary, prompts=prompts,
-                argmax_agreement=agree, seconds=secs)
+                argmax_agreement=agree, seconds=secs,
+                rows=dict(per_temperature=all_rows, prompt=groups, source=sources))
 
 
 def _model_phases(target, draft, items, settings, eos_ids, log, lap):
@@ -552,12 +571,13 @@ def _read_logits_cache(path, key: str):
 
 def _check_vocab(target_vocab: int, draft_vocab: int):
     if target_vocab != draft_vocab:
-        raise ValueError(f"draft vocabulary ({draft_vocab}) differs from the target's ({target_vocab})")
+        raise ValueError(
+            f"draft vocabulary ({draft_vocab}) differs from the target's ({target_vocab})")
 
 
 def _validate(t_logits, d_logits, rows, temperature, settings: Settings) -> dict[str, Any]:
     """Recomputes a few rows on the full vocabulary; max |truncated - full| per column."""
-    offsets = np.cumsum([0] + [l.shape[0] for l in t_logits])
+    offsets = np.cumsum([0] + [z.shape[0] for z in t_logits])
     total = int(offsets[-1])
     pick = np.unique(np.linspace(0, total - 1, min(settings.validate_rows, total)).astype(int))
     which = np.searchsorted(offsets, pick, side="right") - 1
@@ -581,7 +601,8 @@ def markdown_table(result: dict[str, Any], group: str = "all") -> str:
     """One block per temperature: rows = verifiers and optima, columns = draft counts.
 
     Cells are "mean ± se" (cluster-robust over prompts) and, for the
-    verifiers with a gap, "(gap x%)" to the optimum of their draft law.
+    verifiers with a gap, "(gap x ± se%)" to the optimum of their draft law
+    (the se of the paired differences).
     """
     ns = result["num_drafts"]
     lines = []
@@ -597,12 +618,14 @@ def markdown_table(result: dict[str, Any], group: str = "all") -> str:
             for j in range(len(ns)):
                 cell = _fmt(s["mean"][k][j], s["se"][k][j])
                 if k in s["gap_percent"] and k != "greedy":
-                    cell += f" (gap {s['gap_percent'][k][j]:.2f}%)"
+                    gap, gse = s["gap_percent"][k][j], s["gap_se_percent"][k][j]
+                    gse = f" ± {gse:.2f}" if gse is not None and np.isfinite(gse) else ""
+                    cell += f" (gap {gap:.2f}{gse}%)"
                 cells.append(cell)
             lines.append(f"| {NAMES[k]} | " + " | ".join(cells) + " |")
         notes = []
         lo, hi = s["rrs_without_replacement_mean_bounds"]
-        wide = [f"n = {n}: [{l:.4f}, {h:.4f}]" for n, l, h in zip(ns, lo, hi) if h - l > 5e-5]
+        wide = [f"n = {n}: [{a:.4f}, {b:.4f}]" for n, a, b in zip(ns, lo, hi) if b - a > 5e-5]
         if wide:
             notes.append("RRS without replacement is the midpoint of certified bounds; bounds on "
                          "the mean: " + ", ".join(wide))
@@ -676,16 +699,29 @@ def plot(result: dict[str, Any], path: str | Path, group: str = "all", title: st
 
 
 def write_outputs(result: dict[str, Any], workdir: str | Path, title: str = "") -> dict[str, Path]:
-    """Writes table.md (all prompts, then per source), results.json and plot.png."""
+    """Writes table.md (all prompts, then per source), results.json, plot.png and rows.npz.
+
+    rows.npz holds the per-row arrays ("<temperature>/<column>", "prompt",
+    "source"), for analyses beyond the summary.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    rows = result.get("rows")
+    if rows is not None:
+        arrays = {f"{t}/{k}": v for t, cols in rows["per_temperature"].items()
+                  for k, v in cols.items()}
+        np.savez(workdir / "rows.npz", prompt=rows["prompt"], source=rows["source"], **arrays)
+        result = {k: v for k, v in result.items() if k != "rows"}
     first = result["summary"][str(result["temperatures"][0])]
     groups = [g for g in first if g != "validation"]
     parts = [f"### {g}\n\n" + markdown_table(result, g) for g in groups]
     (workdir / "table.md").write_text("\n".join(parts))
     (workdir / "results.json").write_text(json.dumps(_jsonable(result), indent=1))
     png = plot(result, workdir / "plot.png", title=title)
-    return dict(table=workdir / "table.md", results=workdir / "results.json", plot=png)
+    paths = dict(table=workdir / "table.md", results=workdir / "results.json", plot=png)
+    if rows is not None:
+        paths["rows"] = workdir / "rows.npz"
+    return paths
 
 
 def _jsonable(x):
@@ -834,8 +870,9 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path,
     if log:
         log(f"{len(items)} prompts: {counts}")
     cache = Path(workdir) / "logits.npz" if cfg.cache_logits else None
-    result = run(lambda: load_model(cfg.target, cfg.dtype), lambda: load_model(cfg.draft, cfg.dtype),
-                 items, cfg.settings, eos_ids=stop_token_ids(tok), log=log, logits_cache=cache,
+    result = run(lambda: load_model(cfg.target, cfg.dtype),
+                 lambda: load_model(cfg.draft, cfg.dtype), items, cfg.settings,
+                 eos_ids=stop_token_ids(tok), log=log, logits_cache=cache,
                  cache_key=dict(target=cfg.target, draft=cfg.draft, dtype=cfg.dtype))
     result["config"] = _jsonable(dataclasses.asdict(cfg))
     result["seconds"]["total"] = time.perf_counter() - t0

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import theory_optimal as theory_config
 from specjax.bench import theory_experiment as te
 from specjax.models import cache as kvcache
 from specjax.models import decoder
@@ -84,6 +83,7 @@ def test_table_is_consistent(exact_result):
         assert np.all(m[k] <= 1.0 + 1e-12)
         for k, gap in s["gap_percent"].items():
             assert np.all(np.array(gap) >= -1e-9), k
+            assert np.all(np.isfinite(s["gap_se_percent"][k])), k
         # V = 64: RRS without replacement is exact, lower == upper
         lo, hi = s["rrs_without_replacement_mean_bounds"]
         np.testing.assert_allclose(lo, hi, atol=1e-12)
@@ -154,8 +154,10 @@ def test_outputs(exact_result, tmp_path):
     assert "optimum, without replacement" in table and "gap" in table
     assert "VIOLATIONS" not in table
     loaded = json.loads(paths["results"].read_text())
-    assert loaded["summary"]["0.7"]["all"]["rows"] == 18
+    assert loaded["summary"]["0.7"]["all"]["rows"] == 18 and "rows" not in loaded
     assert paths["plot"].stat().st_size > 1000
+    with np.load(paths["rows"]) as z:
+        assert z["0.7/optimal_iid"].shape == (18, len(NS)) and z["prompt"].shape == (18,)
 
 
 def test_vocab_mismatch_and_settings_errors(models):
@@ -172,6 +174,8 @@ def test_vocab_mismatch_and_settings_errors(models):
 
 
 def test_config_parses():
+    from configs import theory_optimal as theory_config  # the repo root, as in test_runner.py
+
     for arg in (None, "tiny"):
         cfg = te.from_config_dict(theory_config.get_config(arg))
         assert cfg.settings.temperatures == (0.7, 1.0)
