@@ -84,7 +84,8 @@ def _variants():
     no_ynn = {"xla_cpu_experimental_ynn_fusion_type": ""}
     v = {
         "plain": ("io", lambda x, w: x @ w, None, "x @ w, w [Din, Dout] (the baseline)"),
-        "linear": ("panel32", lin.linear, None, "specjax.models.linear (panels of 32)"),
+        "linear": ("panel", lin.linear, None,
+                   "specjax.models.linear, prepare_weight's default panels (32; 64 if Din>=1024)"),
         "plain_eigen": ("io", lambda x, w: x @ w, no_ynn,
                         "x @ w with YNNPACK off for this jit (Eigen matmul)"),
         "reduce_oi": ("oi", _fence(lambda x, w: jnp.sum(w[None] * x[:, None, :], -1)), None,
@@ -100,7 +101,7 @@ def _variants():
                                                     preferred_element_type=jnp.float32),
                  None, "bfloat16 weights and x, float32 accumulation (not exact)"),
     }
-    for p in (16, 64, 128):
+    for p in (16, 32, 64, 128):
         v[f"linear_p{p}"] = (f"panel{p}", lin.linear, None, f"linear with panels of {p}")
     return v
 
@@ -115,6 +116,8 @@ def _prepare(layout: str, w: np.ndarray):
         return jnp.asarray(w, jnp.bfloat16)
     if layout == "oi":
         return jnp.asarray(np.ascontiguousarray(w.T))
+    if layout == "panel":
+        return jnp.asarray(lin.prepare_weight(w))
     if layout.startswith("panel"):
         return jnp.asarray(lin.prepare_weight(w, panel=int(layout[5:])))
     raise ValueError(layout)

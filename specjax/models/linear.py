@@ -5,49 +5,62 @@ LAYOUT CHANGE: `linear` does not take the [Din, Dout] matrix that
 `models.params` stores. Convert every matrix once with `prepare_weight(w)`
 (numpy or jax, at load time, outside jit) and pass the result:
 
-    wp = prepare_weight(w)     # [Din, Dout] -> [Dout/P, Din, P], P = 32 panels
+    wp = prepare_weight(w)     # [Din, Dout] -> [Dout/P, Din, P], P = 32 or 64
     y = linear(x, wp)          # x [..., T, Din] float32 -> [..., T, Dout]
 
 `prepare_weight_out_in(w_oi)` does the same from HF's [Dout, Din] layout (e.g.
 a tied embedding [V, D] used as the LM head), and `unprepare_weight` inverts
-it. The panel layout holds the same numbers as `w` (same memory, no padding).
+it. The panel layout holds the same numbers as `w` (same memory, no padding);
+for a tied LM head it is a second copy of the embedding (the token lookup
+still needs [V, D]): +113 MB for SmolLM2-135M, +933 MB for Qwen2.5-1.5B.
 
-Why (measured on the 2-core AMD EPYC (Zen 4) CPU of this project, jax/jaxlib
-0.10.2, float32, weights streamed from DRAM as in a real forward; see
-`experiments/matmul_bench.py` and the README's performance section):
+Why (measured on this project's 2-core AMD EPYC (Zen 4) VM, jax/jaxlib
+0.10.2, float32, weights streamed from DRAM as in a real forward, load
+average 4-6 from other jobs; `experiments/matmul_bench.py`, README
+performance section). c(T) = time(T rows) / time(`x @ w`, 1 row):
 
 * `x @ w` with one row (M = 1) compiles to XLA's own dot thunk (an Eigen
-  matrix-vector product) that streams the weights at memory speed. With
-  2 <= M XLA:CPU hands the dot to YNNPACK (`__ynn_fusion`), whose matmul
-  re-packs B (the whole weight matrix) on every call: for a matrix that
-  comes from DRAM that is two extra passes over it, so 2..16 rows cost
-  c(T) = 1.6-3x one row whatever T is.
-* Written as a broadcast-multiply-reduce, YNNPACK runs the same contraction
-  without packing: `sum(w[:, None] * x[None, :, :, None], axis=2)` for
-  x [M, Din] and w as P-wide column panels [Dout/P, Din, P]
-  (product [Dout/P, M, Din, P], reduced over Din). Each panel (Din * P * 4
-  bytes, <= 1.1 MB for Din = 8960) is read from DRAM once, contiguously, and
-  reused from cache for all M rows; P = 32 is two AVX-512 registers per row.
-  Measured alternatives (all in the README): the same reduce on the [Dout,
-  Din] layout (good for Din >= 1536, 2x worse for Din = 576 incl. SmolLM's
-  LM head), on the [Din, Dout] layout (no better than `x @ w`), P = 16 / 64 /
-  128 (worse), dot_general/einsum on any layout (YNNPACK packs again), Eigen
-  via flags, XNNPACK and oneDNN flags, host BLAS callbacks (OpenBLAS, MKL
-  via torch: 3-7x), T separate matvecs and `lax.map` over output blocks.
-* M = 1 uses the reduce `sum(wp * x[None, :, None], axis=1)` on the same
-  layout (the broadcast form with a unit row axis falls off YNNPACK's fast
-  path: 50-100x slower); it is no slower than the Eigen matvec of `x @ w`.
-* `lax.optimization_barrier` fences the input and output: without it XLA's
-  algebraic simplifier merges a later reduction of y (e.g. a mean) into this
-  one, or fuses the producer of x into the product, and then materializes the
-  [M, Dout, Din]-sized product (it ran out of 24 GB in a test).
+  matrix-vector product). With M >= 2 XLA:CPU hands the dot to YNNPACK
+  (`__ynn_fusion` in the compiled HLO), and 2..8 rows cost c = 1.4-3.4 on
+  every shape, nearly flat in T: YNNPACK's matmul packs B (the weight) per
+  call (its `pack_b` step), an extra pass over a matrix that comes from DRAM.
+* Written as a broadcast-multiply-reduce, YNNPACK runs the contraction
+  without that pass:
 
-Cost is compute-bound once T/2 flop per weight byte exceeds the CPU's
-flop/byte ratio (about T = 8-16 here), so c(T) grows for T >= 16 whatever the
-formulation; for T <= 64 the reduce form is still faster than `x @ w`, and it
-stays within ~1.2x of `x @ w` for prefill-sized M (128-512), where no layout
-change pays for itself (transposing the panels back costs more than it
-saves).
+      # x [M, Din], wp [Dout/P, Din, P]
+      y = sum(wp[:, None, :, :] * x[None, :, :, None], axis=2)  # [Dout/P, M, P]
+
+  The product [Dout/P, M, Din, P] is never materialized; each panel (Din*P*4
+  bytes, 74 KB-1.1 MB) is read once, contiguously, and reused from cache for
+  all M rows; P = 32 floats is two AVX-512 registers (64 for Din >= 1024,
+  see `default_panel`). Measured c(T) for
+  T = 2/4/8: 0.6-1.3 / 0.65-1.6 / 0.9-1.5 (plain: 1.4-2.3 / 1.3-2.5 /
+  1.35-2.7), see the table in the README.
+* Tried and measured worse (numbers in the README): the same reduce on the
+  [Dout, Din] layout (fine for Din >= 1536, ~2x worse than panels for
+  Din = 576, e.g. SmolLM's LM head), on the [Din, Dout] layout (no better
+  than `x @ w`), panels of 16 / 128 (and 64 for Din = 576), dot_general / einsum on the
+  transposed layout (YNNPACK packs again), Eigen (YNNPACK off via flags or
+  `compiler_options`), XNNPACK and oneDNN flags, host BLAS via
+  `pure_callback` (OpenBLAS, 30-70x), torch/MKL itself (c(2) = 1.8-3.4),
+  T separate matvecs, `lax.map` over output blocks, bfloat16.
+* M = 1 pads x to two rows and runs the same kernel (a one-row product falls
+  off YNNPACK's fast path: 14-60x slower; a 2-D `sum(wp * x[None, :, None], 1)`
+  was 0.7-1.4x of `x @ w`, the padded form 0.5-0.75x in a T=1 run).
+* `lax.optimization_barrier` fences the inputs (x and wp together) and the
+  output: without it XLA can merge a later reduction of y (e.g. a mean) into
+  this one, fuse x's producer into the product, or CSE the broadcast of a
+  weight used twice with the same M, and then materializes an M x
+  weight-sized array (one benchmark ran out of 24 GB).
+
+Limits. Verifying T rows needs 2*T*Din*Dout flops for 4*Din*Dout bytes, so
+once T/2 flop/byte exceeds the CPU's flop/byte ratio (T ~ 8-16 on 2 loaded
+cores) the cost grows linearly whatever the formulation: c(16) = 1.4-2.5,
+c(64) = 3-7 (plain: 2.0-3.6 and 4.4-7.5). For prefill-sized M (128-512) the
+reduce form measured 0.75-1.7x the plain matmul depending on the shape;
+`linear(x, wp, w_io)` falls back to `x @ w_io` above `PREFILL_ROWS` if the
+caller keeps the [Din, Dout] weight too (transposing the panels back inside
+the jit costs more than it saves).
 
 Non-CPU backends and non-float32 dtypes take a plain `einsum` over the same
 layout (chosen at lowering time with `lax.platform_dependent`), so the
@@ -64,9 +77,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# Column-panel width: 32 float32 = two 512-bit registers per row. Measured
-# best of 16/32/64/128 for every shape in experiments/matmul_bench.py.
+# Column-panel width P: 32 float32 (two 512-bit registers per row) for
+# Din < 1024, 64 from Din = 1024 on (measured best of 16/32/64/128 in
+# experiments/matmul_bench.py: 64 was 0-25% faster for Qwen2.5-1.5B's
+# Din = 1536 / 8960, 32 up to 2x faster for SmolLM2's Din = 576).
 PANEL = 32
+PANEL_WIDE = 64
+WIDE_FROM_DIN = 1024
+
+
+def default_panel(din: int) -> int:
+    """The panel width `prepare_weight` uses for this Din."""
+    return PANEL_WIDE if din >= WIDE_FROM_DIN else PANEL
+
+# Above this many rows (prefill), `linear` uses `x @ w_io` when the caller also
+# passes the [Din, Dout] weight: the reduce form measured 0.75-1.7x the plain
+# matmul at M = 128-512 depending on the shape.
+PREFILL_ROWS = 128
 
 
 def _panel_width(dout: int, panel: int) -> int:
@@ -77,26 +104,29 @@ def _panel_width(dout: int, panel: int) -> int:
     return p
 
 
-def prepare_weight_out_in(w_oi, panel: int = PANEL):
+def prepare_weight_out_in(w_oi, panel: int | None = None):
     """[Dout, Din] (HF / torch layout) -> [Dout/P, Din, P] panels.
 
-    Works on numpy (stays numpy, for loaders) and jax arrays. P is `panel`, or
-    the largest power of two below it dividing Dout.
+    Works on numpy (stays numpy, for loaders) and jax arrays. P is `panel`
+    (default `default_panel(Din)`), or the largest power of two below it
+    dividing Dout.
     """
     dout, din = w_oi.shape
-    p = _panel_width(dout, panel)
+    p = _panel_width(dout, panel or default_panel(din))
     xp = np if isinstance(w_oi, np.ndarray) else jnp
     out = xp.transpose(xp.reshape(w_oi, (dout // p, p, din)), (0, 2, 1))
     return np.ascontiguousarray(out) if xp is np else out
 
 
-def prepare_weight(w, panel: int = PANEL):
+def prepare_weight(w, panel: int | None = None):
     """[Din, Dout] (the layout of `models.params`) -> [Dout/P, Din, P] panels.
 
-    `linear(x, prepare_weight(w)) == x @ w` up to float rounding.
+    `linear(x, prepare_weight(w)) == x @ w` up to float rounding. P is `panel`
+    (default `default_panel(Din)`: 32, or 64 for Din >= 1024), or the largest
+    power of two below it dividing Dout.
     """
     din, dout = w.shape
-    p = _panel_width(dout, panel)
+    p = _panel_width(dout, panel or default_panel(din))
     xp = np if isinstance(w, np.ndarray) else jnp
     out = xp.transpose(xp.reshape(w, (din, dout // p, p)), (1, 0, 2))
     return np.ascontiguousarray(out) if xp is np else out
@@ -125,7 +155,10 @@ def _reduce_one(x, wp):
 
 
 def _cpu(x, wp):
-    x = lax.optimization_barrier(x)
+    # One barrier over (x, wp): the weight each call sees is then its own
+    # value, so XLA cannot CSE the broadcast of wp between two calls on the same
+    # weight with the same M (it then materializes it, M x the weight's size).
+    x, wp = lax.optimization_barrier((x, wp))
     y = _reduce_one(x, wp) if x.shape[0] == 1 else _reduce_rows(x, wp)
     return lax.optimization_barrier(y)
 
@@ -136,12 +169,18 @@ def _generic(x, wp):
     return y.reshape(x.shape[0], j * p).astype(jnp.result_type(x, wp))
 
 
-def linear(x: jax.Array, wp: jax.Array) -> jax.Array:
+def linear(x: jax.Array, wp: jax.Array, w_io: jax.Array | None = None,
+           *, prefill_rows: int = PREFILL_ROWS) -> jax.Array:
     """y = x @ w for x [..., T, Din] and wp = prepare_weight(w) [Dout/P, Din, P].
 
     Returns [..., T, Dout] in the result dtype of (x, wp). Jittable, usable
     inside `lax.scan` / `lax.while_loop` / `vmap`; all leading axes of x are
     flattened into M rows (so batch B and T tokens give M = B*T).
+
+    w_io: optionally the same weight in the [Din, Dout] layout; then for
+      M > prefill_rows (a static choice by shape) the plain `x @ w_io` runs
+      instead. Only worth its memory if prefill time matters; without it every
+      M uses the panel formulation.
     """
     if wp.ndim != 3:
         raise ValueError(
@@ -152,6 +191,10 @@ def linear(x: jax.Array, wp: jax.Array) -> jax.Array:
         raise ValueError(f"x [..., {x.shape[-1]}] does not match weight Din={din}")
     lead = x.shape[:-1]
     m = math.prod(lead)
+    if w_io is not None and m > prefill_rows:
+        if w_io.shape != (din, j * p):
+            raise ValueError(f"w_io {w_io.shape} is not [Din, Dout] = {(din, j * p)}")
+        return jnp.matmul(x, w_io)
     x2 = x.reshape(m, din)
     if m == 0:
         y = _generic(x2, wp)

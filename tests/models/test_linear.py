@@ -7,6 +7,8 @@ import pytest
 
 from specjax.models.linear import (
     PANEL,
+    PANEL_WIDE,
+    default_panel,
     linear,
     prepare_weight,
     prepare_weight_out_in,
@@ -37,7 +39,8 @@ SHAPES = [  # (lead dims of x, Din, Dout)
     ((3,), 40, 32),
     ((5,), 576, 576),
     ((8,), 128, 1536),
-    ((16,), 1536, 256),
+    ((16,), 1536, 256),  # Din >= 1024: panels of 64
+    ((3,), 2048, 192),  # panels of 64
     ((33,), 96, 64),  # odd T
     ((64,), 256, 128),
     ((300,), 64, 160),  # prefill-sized
@@ -63,6 +66,21 @@ def test_equals_matmul(lead, din, dout):
     _assert_close(linear(jnp.asarray(x), jnp.asarray(wp)), x, w)
 
 
+def test_prefill_fallback_to_plain_weight():
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((64, 96)) / 8).astype(np.float32)
+    wp, wj = jnp.asarray(prepare_weight(w)), jnp.asarray(w)
+    for m in (3, 200):
+        x = rng.standard_normal((m, 64)).astype(np.float32)
+        got = jax.jit(lambda x, wp, w: linear(x, wp, w, prefill_rows=100))(x, wp, wj)
+        _assert_close(got, x, w)
+        hlo = jax.jit(lambda x, wp, w: linear(x, wp, w, prefill_rows=100)).lower(
+            x, wp, wj).as_text()
+        assert ("reduce" in hlo) == (m <= 100)
+    with pytest.raises(ValueError, match="w_io"):
+        linear(jnp.zeros((200, 64)), wp, wj.T)
+
+
 def test_prepare_layouts_agree():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((48, 96)).astype(np.float32)
@@ -75,6 +93,9 @@ def test_prepare_layouts_agree():
     np.testing.assert_array_equal(np.asarray(unprepare_weight(jnp.asarray(wp))), w)
     for p in (16, 64):
         np.testing.assert_array_equal(unprepare_weight(prepare_weight(w, panel=p)), w)
+    assert default_panel(576) == PANEL and default_panel(1536) == PANEL_WIDE
+    wide = rng.standard_normal((1024, 128)).astype(np.float32)
+    assert prepare_weight(wide).shape == (128 // PANEL_WIDE, 1024, PANEL_WIDE)
 
 
 def test_tied_head_from_embedding():
@@ -133,17 +154,26 @@ def test_scan_over_stacked_weights_and_vmap():
     _assert_close(got, np.asarray(xb), w[0])
 
 
-def test_later_reduction_does_not_merge():
-    """A mean of y right after linear must not make XLA materialize the product."""
+@pytest.mark.parametrize("pattern", ["mean_after", "same_weight_twice", "norm_before"])
+def test_product_is_never_materialized(pattern):
+    """XLA must keep the [Dout/P, M, Din, P] product inside the YNNPACK fusion.
+
+    Without the barriers in `linear`, "same_weight_twice" makes XLA CSE the
+    broadcast of the weight and write it to memory (M x the weight's size).
+    """
     rng = np.random.default_rng(4)
     w = rng.standard_normal((256, 512)).astype(np.float32)
     wp = jnp.asarray(prepare_weight(w))
     x = jnp.asarray(rng.standard_normal((8, 256)).astype(np.float32))
-    f = jax.jit(lambda x, wp: jnp.mean(linear(x, wp), axis=-1))
-    hlo = f.lower(x, wp).compile().as_text()
-    # the product [Dout/P, M, Din, P] may only exist inside the YNNPACK fusion
-    assert "f32[16,8,256,32]" not in hlo.split("ENTRY")[1]
-    np.testing.assert_allclose(f(x, wp), np.mean(_reference(x, w), -1), rtol=1e-4, atol=1e-4)
+    f = {
+        "mean_after": lambda x, wp: jnp.mean(linear(x, wp), axis=-1),
+        "same_weight_twice": lambda x, wp: linear(
+            x + jnp.mean(linear(x, wp)[:, :256], -1, keepdims=True), wp),
+        "norm_before": lambda x, wp: linear(x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True)),
+                                            wp),
+    }[pattern]
+    entry = jax.jit(f).lower(x, wp).compile().as_text().split("ENTRY")[1]
+    assert "f32[16,8,256,32]" not in entry and "f32[8,512,256]" not in entry
 
 
 def test_other_dtypes_take_the_generic_path():
