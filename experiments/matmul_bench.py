@@ -183,15 +183,18 @@ def bench_shape(name, din, dout, tokens, variants, args):
     med, reps = _time_interleaved(calls, args.reps, args.budget_s)
     load1 = os.getloadavg()[0]
     ms = {k: 1e3 * s / copies for k, s in med.items()}
-    return dict(name=name, din=din, dout=dout, copies=copies, mb=copies * nbytes / 2**20,
-                load=(load0, load1), reps=reps, ms={f"{v}@{t}": ms[(v, t)] for v, t in ms})
+    return {"name": name, "din": din, "dout": dout, "copies": copies,
+            "mb": copies * nbytes / 2**20, "load": (load0, load1), "reps": reps,
+            "ms": {f"{v}@{t}": ms[(v, t)] for v, t in ms}}
 
 
 def _markdown(res, tokens, variants):
     base_v = "plain" if "plain" in variants else variants[0]
     base = res["ms"][f"{base_v}@{tokens[0]}"]
-    lines = [f"### {res['name']} {res['din']}x{res['dout']} ({res['copies']} copies, "
-             f"{res['mb']:.0f} MB per call, {res['reps']} rounds; load {res['load'][0]:.1f} -> {res['load'][1]:.1f})",
+    title = (f"### {res['name']} {res['din']}x{res['dout']} ({res['copies']} copies, "
+             f"{res['mb']:.0f} MB per call, {res['reps']} rounds; "
+             f"load {res['load'][0]:.1f} -> {res['load'][1]:.1f})")
+    lines = [title,
              "",
              "| T | " + " | ".join(f"{v} ms" for v in variants) + " | "
              + " | ".join(f"c {v}" for v in variants) + " |",
@@ -242,9 +245,9 @@ def main(argv=None):
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v}; --list shows them")
-    print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-          f"load {os.getloadavg()[0]:.1f}; ms per matrix, c(T) vs {variants[0]} at T={tokens[0]}\n",
-          flush=True)
+    print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.1f}; "
+          f"ms per matrix, c(T) vs {variants[0]} at T={tokens[0]}\n", flush=True)
     results = []
     for s in args.shapes.split(","):
         din, dout = SHAPES[s] if s in SHAPES else map(int, s.split("x"))
@@ -255,7 +258,7 @@ def main(argv=None):
     print(_summary(results, tokens, variants))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(tokens=tokens, variants=variants, results=results), f, indent=1)
+            json.dump({"tokens": tokens, "variants": variants, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -33,14 +33,15 @@ performance section). c(T) = time(T rows) / time(`x @ w`, 1 row):
   The product [Dout/P, M, Din, P] is never materialized; each panel (Din*P*4
   bytes, 74 KB-1.1 MB) is read once, contiguously, and reused from cache for
   all M rows; P = 32 floats is two AVX-512 registers (64 for Din >= 1024,
-  see `default_panel`). Measured c(T) for
-  T = 2/4/8: 0.6-1.3 / 0.65-1.6 / 0.9-1.5 (plain: 1.4-2.3 / 1.3-2.5 /
-  1.35-2.7), see the table in the README.
+  see `default_panel`). Measured c(T) over the ten SmolLM2-135M and
+  Qwen2.5-1.5B matrices (load 3.1-4.2): T=1 0.62-0.95, T=2 0.61-0.93,
+  T=4 0.62-1.43, T=8 0.97-1.66 (plain: 1, 1.47-2.69, 1.39-2.30, 1.61-2.99);
+  the table is in the README.
 * Tried and measured worse (numbers in the README): the same reduce on the
   [Dout, Din] layout (fine for Din >= 1536, ~2x worse than panels for
   Din = 576, e.g. SmolLM's LM head), on the [Din, Dout] layout (no better
-  than `x @ w`), panels of 16 / 128 (and 64 for Din = 576), dot_general / einsum on the
-  transposed layout (YNNPACK packs again), Eigen (YNNPACK off via flags or
+  than `x @ w`), panels of 16 / 128 (and 64 for Din = 576), dot_general /
+  einsum on the transposed layout (YNNPACK packs again), Eigen (YNNPACK off via flags or
   `compiler_options`), XNNPACK and oneDNN flags, host BLAS via
   `pure_callback` (OpenBLAS, 30-70x), torch/MKL itself (c(2) = 1.8-3.4),
   T separate matvecs, `lax.map` over output blocks, bfloat16.
@@ -55,9 +56,9 @@ performance section). c(T) = time(T rows) / time(`x @ w`, 1 row):
 
 Limits. Verifying T rows needs 2*T*Din*Dout flops for 4*Din*Dout bytes, so
 once T/2 flop/byte exceeds the CPU's flop/byte ratio (T ~ 8-16 on 2 loaded
-cores) the cost grows linearly whatever the formulation: c(16) = 1.4-2.5,
-c(64) = 3-7 (plain: 2.0-3.6 and 4.4-7.5). For prefill-sized M (128-512) the
-reduce form measured 0.75-1.7x the plain matmul depending on the shape;
+cores) the cost grows linearly whatever the formulation: c(16) = 1.4-2.3,
+c(64) = 4.8-7.8 (plain: 2.0-4.2 and 5.3-9.1). For prefill-sized M (128-512)
+the reduce form measured 0.75-1.7x the plain matmul depending on the shape;
 `linear(x, wp, w_io)` falls back to `x @ w_io` above `PREFILL_ROWS` if the
 caller keeps the [Din, Dout] weight too (transposing the panels back inside
 the jit costs more than it saves).
