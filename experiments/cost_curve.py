@@ -1,6 +1,7 @@
 """Measures the target's verification cost curve c(T) = time(T tokens) / time(1 token).
 
     python -m experiments.cost_curve --model=smollm2-135m --tokens=1,2,4,8,16
+    python -m experiments.cost_curve --layouts=plain,panels   # both weight layouts
 
 One jitted forward over T new tokens against a cache holding `--context`
 tokens (the shape of a verification step), timed as the median of `--reps`
@@ -18,6 +19,7 @@ from absl import app, flags
 
 from specjax.models import cache as kvcache
 from specjax.models import decoder, loading
+from specjax.models import params as params_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "asset name, GGUF path or HF dir")
@@ -26,6 +28,9 @@ flags.DEFINE_integer("context", 256, "committed tokens in the cache")
 flags.DEFINE_integer("max_len", 512, "cache slots")
 flags.DEFINE_integer("reps", 15, "timed repetitions per T")
 flags.DEFINE_string("out", "", "write results as JSON here")
+flags.DEFINE_string("layouts", "plain,panels",
+                    "weight layouts to compare: plain [Din, Dout] and/or panels "
+                    "(models.params.panelize)")
 
 
 def median_seconds(fn, *args, reps):
@@ -40,8 +45,13 @@ def median_seconds(fn, *args, reps):
 
 def main(argv):
     del argv
-    cfg, params = loading.load(FLAGS.model)
-    params = jax.device_put(params)
+    cfg, plain = loading.load(FLAGS.model)
+    layouts = {"plain": lambda: plain, "panels": lambda: params_lib.panelize(cfg, plain)}
+    names = FLAGS.layouts.split(",")
+    for n in names:
+        if n not in layouts:
+            raise ValueError(f"unknown layout {n!r}; valid: {sorted(layouts)}")
+    weights = {n: jax.device_put(layouts[n]()) for n in names}
     cache = kvcache.init_cache(cfg, 1, FLAGS.max_len).replace(length=jnp.array([FLAGS.context]))
 
     @jax.jit
@@ -58,16 +68,19 @@ def main(argv):
     rows = []
     for T in [int(t) for t in FLAGS.tokens.split(",")]:
         toks = jnp.ones((1, T), jnp.int32)
-        s = median_seconds(step, params, toks, cache, reps=FLAGS.reps)
-        h = median_seconds(head, params, jnp.ones((1, T, cfg.dim)), reps=FLAGS.reps)
-        rows.append(dict(T=T, seconds=s, head_seconds=h))
+        for n in names:  # layouts interleaved per T: same machine state
+            s = median_seconds(step, weights[n], toks, cache, reps=FLAGS.reps)
+            h = median_seconds(head, weights[n], jnp.ones((1, T, cfg.dim)), reps=FLAGS.reps)
+            rows.append(dict(layout=n, T=T, seconds=s, head_seconds=h))
     base = rows[0]["seconds"]
     print(f"model {FLAGS.model}: {cfg.num_layers} layers, D={cfg.dim}, V={cfg.vocab_size}, "
-          f"context {FLAGS.context}, device {jax.devices()[0].platform}")
-    print("| T | ms / forward | c(T) | LM head ms |\n|---|---|---|---|")
+          f"context {FLAGS.context}, device {jax.devices()[0].platform}; "
+          f"c(T) relative to the {names[0]} layout at T={rows[0]['T']}")
+    print("| layout | T | ms / forward | c(T) | LM head ms |\n|---|---|---|---|---|")
     for r in rows:
         r["c"] = r["seconds"] / base
-        print(f"| {r['T']} | {1e3 * r['seconds']:.1f} | {r['c']:.2f} | {1e3 * r['head_seconds']:.1f} |")
+        print(f"| {r['layout']} | {r['T']} | {1e3 * r['seconds']:.1f} | {r['c']:.2f} "
+              f"| {1e3 * r['head_seconds']:.1f} |")
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:
             json.dump(dict(model=FLAGS.model, context=FLAGS.context, rows=rows), f, indent=1)

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from specjax.models.config import ModelConfig
-from specjax.models.params import param_shapes
+from specjax.models.params import is_panelled, param_shapes
 
 # logical axis -> mesh axis (None = replicated)
 RULES: dict[str, str | None] = {
@@ -38,6 +38,7 @@ RULES: dict[str, str | None] = {
 PARAM_AXES = {
     "embed": ("vocab", "embed"),
     "lm_head": ("embed", "vocab"),
+    "lm_head_panels": ("embed", "vocab"),  # as lm_head, panelled
     "final_norm": ("embed",),
     "layers": {  # every entry of the per-layer list
         "attn_norm": ("embed",),
@@ -75,9 +76,14 @@ def spec_for(axes: tuple[str, ...], shape: tuple[int, ...], mesh_shape: dict[str
     return PartitionSpec(*out)
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh):
-    """NamedSharding pytree matching `models.params.param_shapes(cfg)`."""
-    shapes = param_shapes(cfg)
+def param_shardings(cfg: ModelConfig, mesh: Mesh, panels: bool = False):
+    """NamedSharding pytree matching `models.params.param_shapes(cfg, panels)`.
+
+    A panelled matrix [Dout/P, Din, P] (`models.params.panelize`) is sharded
+    like its [Din, Dout] original: Dout on the panel axis, whole panels per
+    device.
+    """
+    shapes = param_shapes(cfg, panels)
     mshape = dict(mesh.shape)
 
     def one(path, shape):
@@ -85,14 +91,16 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh):
         for k in path:
             if isinstance(k, jax.tree_util.DictKey):  # list indices share one entry
                 axes = axes[k.key]
+        if len(shape) == 3:  # panels of an (in, out) matrix
+            axes = (axes[1], axes[0], None)
         return NamedSharding(mesh, spec_for(axes, shape, mshape))
 
     return jax.tree_util.tree_map_with_path(one, shapes, is_leaf=lambda x: isinstance(x, tuple))
 
 
 def shard_params(params, cfg: ModelConfig, mesh: Mesh):
-    """Places the parameters on the mesh according to `RULES`."""
-    return jax.device_put(params, param_shardings(cfg, mesh))
+    """Places the parameters (plain or panelled layout) on the mesh according to `RULES`."""
+    return jax.device_put(params, param_shardings(cfg, mesh, is_panelled(params)))
 
 
 def constrain_cache(cache):

@@ -17,10 +17,10 @@ SCRIPT = textwrap.dedent("""
     from specjax.drafters.draft_model import DraftModel
     from specjax.models.config import ModelConfig
     from specjax.models.lm import DecoderLM
-    from specjax.models.params import first_layers, init_params
+    from specjax.models.params import first_layers, init_params, panelize
     assert len(jax.devices()) == 8, jax.devices()
     cfg = ModelConfig(arch="qwen2", vocab_size=64, dim=32, num_layers=2, num_heads=4,
-                      num_kv_heads=4, head_dim=8, ffn_dim=64, qkv_bias=True)
+                      num_kv_heads=4, head_dim=8, ffn_dim=256, qkv_bias=True)
     params = init_params(cfg, jax.random.key(0), scale=0.3)
     dcfg, dparams = first_layers(cfg, params, 1)
     method = decode.Method(DraftModel(DecoderLM(dcfg), tuple(trees.kary_topology(2, 2).tolist()),
@@ -34,8 +34,15 @@ SCRIPT = textwrap.dedent("""
     assert len(sp["layers"][0]["wq"].sharding.device_set) == 8
     with jax.set_mesh(mesh):
         sharded = decode.speculative_generate(sp, cfg, prompts, draft_params=spd, **kw)
+    # the CPU panel layout (models.params.panelize), sharded by the same rules
+    pp = sharding.shard_params(panelize(cfg, params), cfg, mesh)
+    ppd = sharding.shard_params(panelize(dcfg, dparams), dcfg, mesh)
+    assert len(pp["layers"][0]["w_up"].sharding.device_set) == 8
+    with jax.set_mesh(mesh):
+        panels = decode.speculative_generate(pp, cfg, prompts, draft_params=ppd, **kw)
     ar = decode.autoregressive_generate(params, cfg, prompts, max_new_tokens=12)
-    print(json.dumps(dict(single=single.tokens, sharded=sharded.tokens, ar=ar.tokens)))
+    print(json.dumps(dict(single=single.tokens, sharded=sharded.tokens, ar=ar.tokens,
+                          panels=panels.tokens)))
 """)
 
 
@@ -47,7 +54,7 @@ def test_sharded_run_equals_single_device():
     assert out.returncode == 0, out.stderr[-3000:]
     import json
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["sharded"] == res["single"] == res["ar"]
+    assert res["sharded"] == res["single"] == res["ar"] == res["panels"]
 
 
 def test_indivisible_dims_are_replicated():

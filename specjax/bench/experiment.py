@@ -41,6 +41,7 @@ class ExperimentConfig:
     methods: str
     draft_model: str = ""
     dtype: str = "float32"
+    layout: str = "auto"  # weight layout, models.params.with_layout (auto: panels on CPU)
     peers: str = ""
     max_new_tokens: int = 64
     chat: bool = True
@@ -141,20 +142,21 @@ def build_peers(cfg: ExperimentConfig, names, eos, tok) -> list[Generator]:
 def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = True) -> dict:
     """Runs the experiment and writes its outputs (see module docstring)."""
     from specjax.models import loading
+    from specjax.models import params as params_lib
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     items = load_prompts(cfg.prompts)
     t0 = time.perf_counter()
     tcfg, tparams = loading.load(cfg.model, cfg.dtype, progress=progress)
-    tparams = jax.device_put(tparams)
+    tparams = jax.device_put(params_lib.with_layout(tcfg, tparams, cfg.layout))
     draft = None
     if cfg.draft_model:
         dcfg, dparams = loading.load(cfg.draft_model, cfg.dtype, progress=progress)
         if dcfg.vocab_size != tcfg.vocab_size:
             raise ValueError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
                              f"({tcfg.vocab_size})")
-        draft = (dcfg, jax.device_put(dparams))
+        draft = (dcfg, jax.device_put(params_lib.with_layout(dcfg, dparams, cfg.layout)))
     tok = loading.load_tokenizer(cfg.model, progress=progress)
     load_s = time.perf_counter() - t0
     gens = build_generators(cfg, tok, (tcfg, tparams), draft)

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from specjax.models import linear
 from specjax.models.cache import KVBlock, KVCache, commit
 from specjax.models.config import ModelConfig
 from specjax.models.params import Params
@@ -93,20 +94,26 @@ def _attention(cfg: ModelConfig, q, k_new, v_new, k_cache, v_cache, mask):
     return out.reshape(B, T, N * H)
 
 
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., Din] @ w, for w either [Din, Dout] or panelled [Dout/P, Din, P]
+    (`models.linear.prepare_weight`, see `models.params.panelize`)."""
+    return linear.linear(x, w) if w.ndim == 3 else x @ w
+
+
 def _layer(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
     """One transformer block. x: [B, T, D]; lp: this layer's params."""
     B, T, _ = x.shape
     N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     h = rms_norm(x, lp["attn_norm"], cfg.norm_eps)
-    q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+    q, k, v = dense(h, lp["wq"]), dense(h, lp["wk"]), dense(h, lp["wv"])
     if cfg.qkv_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
     q = rope(q.reshape(B, T, N, H), positions, cfg.rope_theta)
     k = rope(k.reshape(B, T, K, H), positions, cfg.rope_theta)
     v = v.reshape(B, T, K, H)
-    x = x + _attention(cfg, q, k, v, k_cache, v_cache, mask) @ lp["wo"]
+    x = x + dense(_attention(cfg, q, k, v, k_cache, v_cache, mask), lp["wo"])
     h = rms_norm(x, lp["mlp_norm"], cfg.norm_eps)
-    x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+    x = x + dense(jax.nn.silu(dense(h, lp["w_gate"])) * dense(h, lp["w_up"]), lp["w_down"])
     return x, k, v
 
 
@@ -138,6 +145,8 @@ def transformer(
 
 def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
     """[..., D] -> [..., V] float32 logits."""
+    if "lm_head_panels" in params:  # models.params.panelize
+        return dense(h, params["lm_head_panels"]).astype(jnp.float32)
     w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
     return jnp.matmul(h, w, preferred_element_type=jnp.float32)
 

@@ -97,7 +97,7 @@ def default_panel(din: int) -> int:
 PREFILL_ROWS = 128
 
 
-def _panel_width(dout: int, panel: int) -> int:
+def panel_width(dout: int, panel: int) -> int:
     """The largest power of two <= `panel` dividing `dout` (1 for odd dout)."""
     p = panel
     while p > 1 and dout % p:
@@ -113,7 +113,7 @@ def prepare_weight_out_in(w_oi, panel: int | None = None):
     dividing Dout.
     """
     dout, din = w_oi.shape
-    p = _panel_width(dout, panel or default_panel(din))
+    p = panel_width(dout, panel or default_panel(din))
     xp = np if isinstance(w_oi, np.ndarray) else jnp
     out = xp.transpose(xp.reshape(w_oi, (dout // p, p, din)), (0, 2, 1))
     return np.ascontiguousarray(out) if xp is np else out
@@ -127,7 +127,7 @@ def prepare_weight(w, panel: int | None = None):
     power of two below it dividing Dout.
     """
     din, dout = w.shape
-    p = _panel_width(dout, panel or default_panel(din))
+    p = panel_width(dout, panel or default_panel(din))
     xp = np if isinstance(w, np.ndarray) else jnp
     out = xp.transpose(xp.reshape(w, (din, dout // p, p)), (1, 0, 2))
     return np.ascontiguousarray(out) if xp is np else out

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax.models import linear
 from specjax.models.config import ModelConfig
 
 Params = dict
@@ -63,8 +64,9 @@ _BIAS_TENSORS = {
 }
 
 
-def param_shapes(cfg: ModelConfig) -> Params:
-    """Shapes of the parameter pytree (as tuples) for `cfg`."""
+def param_shapes(cfg: ModelConfig, panels: bool = False) -> Params:
+    """Shapes of the parameter pytree (as tuples) for `cfg` (`panels`: of
+    `panelize(cfg, params)`)."""
     D, F, V = cfg.dim, cfg.ffn_dim, cfg.vocab_size
     NH, KH = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     layer = {
@@ -84,7 +86,81 @@ def param_shapes(cfg: ModelConfig) -> Params:
     shapes = {"embed": (V, D), "layers": layers, "final_norm": (D,)}
     if not cfg.tie_embeddings:
         shapes["lm_head"] = (D, V)
+    if panels:
+        for lp in layers:
+            lp.update({k: panel_shape(lp[k]) for k in PANELLED})
+        shapes.pop("lm_head", None)
+        shapes["lm_head_panels"] = panel_shape((D, V))
     return shapes
+
+
+# ---------------------------------------------------------------------------
+# The CPU panel layout (models.linear)
+# ---------------------------------------------------------------------------
+
+PANELLED = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")  # per-layer matrices
+
+
+def panel_shape(shape: tuple[int, int]) -> tuple[int, int, int]:
+    """[Din, Dout] -> the shape of `linear.prepare_weight`: [Dout/P, Din, P]."""
+    din, dout = shape
+    p = linear.panel_width(dout, linear.default_panel(din))
+    return (dout // p, din, p)
+
+
+def is_panelled(params: Params) -> bool:
+    return "lm_head_panels" in params
+
+
+def panelize(cfg: ModelConfig, params: Params) -> Params:
+    """The same model with every matrix in the panel layout of `models.linear`.
+
+    Layer matrices [Din, Dout] become [Dout/P, Din, P] (same numbers, same
+    memory) and the LM head becomes `lm_head_panels` [V/P, D, P]; with tied
+    embeddings that is a second copy of the embedding (+V*D floats: 113 MB for
+    SmolLM2-135M, 933 MB for Qwen2.5-1.5B), since the token lookup still reads
+    `embed` [V, D]. `decoder.dense` multiplies either layout, so the decoder,
+    drafters and caches are unchanged; only the speed differs: on CPU verifying
+    T = 2..8 tokens stops paying XLA:CPU's per-call weight repacking (see
+    `models.linear` and the README's performance section). Results equal the
+    plain layout up to float32 summation order. Works on numpy (loaders) and
+    jax arrays; `unpanelize` inverts it.
+    """
+    if is_panelled(params):
+        return params
+    layers = [dict(lp, **{k: linear.prepare_weight(lp[k]) for k in PANELLED})
+              for lp in params["layers"]]
+    head = (linear.prepare_weight_out_in(params["embed"]) if cfg.tie_embeddings
+            else linear.prepare_weight(params["lm_head"]))
+    out = {k: v for k, v in params.items() if k != "lm_head"}
+    return dict(out, layers=layers, lm_head_panels=head)
+
+
+LAYOUTS = ("auto", "plain", "panels")
+
+
+def with_layout(cfg: ModelConfig, params: Params, layout: str = "auto") -> Params:
+    """`params` in the weight layout `layout`: "plain" ([Din, Dout]), "panels"
+    (`panelize`) or "auto" = panels when JAX's default backend is the CPU (where
+    they make verifying 2-8 tokens 1.2-1.5x cheaper, README performance section)
+    and plain elsewhere (accelerator matmuls need no such layout)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout {layout!r}; valid: {LAYOUTS}")
+    if layout == "auto":
+        layout = "panels" if jax.default_backend() == "cpu" else "plain"
+    return panelize(cfg, params) if layout == "panels" else unpanelize(cfg, params)
+
+
+def unpanelize(cfg: ModelConfig, params: Params) -> Params:
+    """Inverse of `panelize`: the plain [Din, Dout] layout of this module."""
+    if not is_panelled(params):
+        return params
+    layers = [dict(lp, **{k: linear.unprepare_weight(lp[k]) for k in PANELLED})
+              for lp in params["layers"]]
+    out = {k: v for k, v in params.items() if k != "lm_head_panels"}
+    if not cfg.tie_embeddings:
+        out["lm_head"] = linear.unprepare_weight(params["lm_head_panels"])
+    return dict(out, layers=layers)
 
 
 def abstract_params(cfg: ModelConfig) -> Params:
@@ -162,6 +238,7 @@ def params_from_hf_tensors(
 
 def params_to_hf_tensors(cfg: ModelConfig, params: Params) -> dict[str, np.ndarray]:
     """Inverse of `params_from_hf_tensors` (used to write HF checkpoints)."""
+    params = unpanelize(cfg, params)
     out = {
         "model.embed_tokens.weight": np.asarray(params["embed"]),
         "model.norm.weight": np.asarray(params["final_norm"]),

@@ -9,6 +9,7 @@ W >= tree depth + 1 tokens with the exact Markov law, both at the start
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -69,7 +70,7 @@ class MarkovLaw:
     # Transition matrix with no tiny entries (min 0.1), so that windows of 5
     # tokens have no vanishing cells; cells expected < 5 times are pooled.
     P = np.array([[0.2, 0.5, 0.3], [0.15, 0.25, 0.6], [0.7, 0.2, 0.1]])
-    PROMPT = [1, 2, 0, 1, 2, 0]
+    PROMPT = (1, 2, 0, 1, 2, 0)
     LM = MarkovLM(3)
     SAMPLING = Sampling(temperature=1.0)
 
@@ -107,6 +108,35 @@ class MarkovLaw:
             counts = np.bincount(idx, minlength=cls.V ** length)
             out.append(chi2_pooled(counts, cls.window_law(offset, length)))
         return out
+
+
+def check_greedy_identity(tiny, make_method, rows=(0, 2), min_tau=1.2, draft_params=None):
+    """Greedy speculative output == greedy autoregressive output on the tiny
+    transformer: batch 4 (prompts of different lengths), then rows `rows` one at
+    a time (same tokens, same per-step acceptance), then a fresh but equal
+    `make_method()` with another prompt of the same bucket: no recompilation.
+
+    make_method: () -> decode.Method, called twice (equal static arguments).
+    Returns the batch-4 `SpecGeneration`.
+    """
+    cfg, params, prompts, ref = tiny
+    n_new = len(ref[0])
+    run = functools.partial(decode.speculative_generate, params, cfg, max_new_tokens=n_new,
+                            draft_params=draft_params)
+    batch = run(prompts, method=make_method())
+    assert batch.tokens == ref
+    assert batch.tau > min_tau, f"tau {batch.tau:.2f}: the drafts must get accepted"
+    size = None
+    for i in rows:  # batch 1, two prompt lengths in one bucket: compiled once
+        single = run([prompts[i]], method=make_method())
+        assert single.tokens[0] == ref[i]
+        np.testing.assert_array_equal(single.accept_hist[0], batch.accept_hist[i])
+        if size is None:
+            size = decode.speculative_loop._cache_size()
+    other = next(i for i in range(len(prompts)) if i not in rows)
+    run([prompts[other]], method=make_method())
+    assert decode.speculative_loop._cache_size() == size, "recompiled for an equal method"
+    return batch
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from specjax import decode, trees, verify
 from specjax.drafters import prompt_lookup as pl
 from specjax.drafters.token_recycling import deterministic_tree
 from specjax.verify.result import VerifyResult
+from tests.drafters.conftest import check_greedy_identity
 
 
 def ref_match(seq, max_n, min_n, earliest):
@@ -109,26 +110,8 @@ def test_bad_configs():
 
 
 def test_greedy_identity_batch_rows_and_no_recompilation(tiny):
-    cfg, params, prompts, ref = tiny
-    method = decode.Method(drafter=pl.PromptLookup(cfg.vocab_size, num_drafts=6),
-                           verifier=verify.greedy)
-    n_new = len(ref[0])
-    batch = decode.speculative_generate(params, cfg, prompts, method=method,
-                                        max_new_tokens=n_new)
-    assert batch.tokens == ref
-    assert batch.tau > 1.2, "repetitive prompts and outputs must give prompt-lookup hits"
-    size = None
-    for i in (0, 2):  # batch 1, two prompt lengths in one bucket: compiled once
-        single = decode.speculative_generate(params, cfg, [prompts[i]], method=method,
-                                             max_new_tokens=n_new)
-        assert single.tokens[0] == ref[i]
-        np.testing.assert_array_equal(single.accept_hist[0], batch.accept_hist[i])
-        if size is None:
-            size = decode.speculative_loop._cache_size()
-    same = decode.Method(drafter=pl.PromptLookup(cfg.vocab_size, num_drafts=6),
-                         verifier=verify.greedy)
-    decode.speculative_generate(params, cfg, [prompts[1]], method=same, max_new_tokens=n_new)
-    assert decode.speculative_loop._cache_size() == size
+    check_greedy_identity(tiny, lambda: decode.Method(
+        drafter=pl.PromptLookup(tiny[0].vocab_size, num_drafts=6), verifier=verify.greedy))
 
 
 def test_vocab_mismatch_in_the_loop(tiny):

@@ -10,6 +10,7 @@ import pytest
 from specjax import decode, trees, verify
 from specjax.drafters import token_recycling as tr
 from specjax.verify.result import VerifyResult
+from tests.drafters.conftest import check_greedy_identity
 
 
 def ref_update(matrix, tokens, valid, accepted, logits, k):
@@ -132,24 +133,9 @@ def test_deterministic_rule_exact_law():
 
 
 def test_greedy_identity_batch_rows_and_no_recompilation(tiny):
-    cfg, params, prompts, ref = tiny
-    method = decode.Method(drafter=tr.TokenRecycling(cfg.vocab_size), verifier=verify.greedy)
-    n_new = len(ref[0])
-    batch = decode.speculative_generate(params, cfg, prompts, method=method,
-                                        max_new_tokens=n_new)
-    assert batch.tokens == ref
-    assert batch.tau > 1.3, "the recycled top-k of a repetitive model must get accepted"
-    size = None
-    for i in (3, 0):  # batch 1, two prompt lengths in one bucket: compiled once
-        single = decode.speculative_generate(params, cfg, [prompts[i]], method=method,
-                                             max_new_tokens=n_new)
-        assert single.tokens[0] == ref[i]
-        np.testing.assert_array_equal(single.accept_hist[0], batch.accept_hist[i])
-        if size is None:
-            size = decode.speculative_loop._cache_size()
-    same = decode.Method(drafter=tr.TokenRecycling(cfg.vocab_size), verifier=verify.greedy)
-    decode.speculative_generate(params, cfg, [prompts[1]], method=same, max_new_tokens=n_new)
-    assert decode.speculative_loop._cache_size() == size
+    check_greedy_identity(tiny, lambda: decode.Method(
+        drafter=tr.TokenRecycling(tiny[0].vocab_size), verifier=verify.greedy),
+        rows=(3, 0), min_tau=1.3)
 
 
 SMALL = ((0,), (1,), (0, 0), (1, 0))  # depth 2: windows of 4 tokens see a wrong bonus token
