@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -147,6 +148,7 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     items = load_prompts(cfg.prompts)
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     tcfg, tparams = loading.load(cfg.model, cfg.dtype, progress=progress)
     tparams = jax.device_put(params_lib.with_layout(tcfg, tparams, cfg.layout))
@@ -169,7 +171,9 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     _write_answers(workdir / "answers", records, cfg)
     result = dict(
         config=_jsonable(dataclasses.asdict(cfg)), load_seconds=load_s, table=table,
-        platform=str(jax.devices()[0].platform), summary=[dataclasses.asdict(r) for r in rows],
+        platform=str(jax.devices()[0].platform),
+        load_average_before_after=[list(load_before), list(os.getloadavg())],
+        summary=[dataclasses.asdict(r) for r in rows],
         records=[dataclasses.asdict(r) for r in records],
     )
     (workdir / "results.json").write_text(json.dumps(result, indent=1))

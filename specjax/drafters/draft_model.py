@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import trees
+from specjax import trees, verify
 from specjax.drafters.base import Proposal
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
@@ -151,22 +151,16 @@ class DraftModel:
         rank = trees.sibling_rank(parents)[children]
         width = int(rank.max()) + 1
         rule = "topk" if sampling.greedy else self.child_rule
-        if rule == "iid":
-            keys = jax.random.split(key, len(children))
-            draws = jax.vmap(lambda k, lq: jax.random.categorical(k, lq, axis=-1),
-                             in_axes=(0, 1), out_axes=1)(keys, logq[:, par])  # [B, C]
-            return draws.astype(jnp.int32)
         if rule == "topk":
             ranked = jax.lax.top_k(logits if sampling.greedy else logq, width)[1]  # [B, T, W]
-        elif rule == "without_replacement":
-            gumbel = jax.random.gumbel(key, logq.shape)
-            ranked = jax.lax.top_k(logq + gumbel, width)[1]
-        else:  # greedy_draft: top width-1 of q, then one sample of q in the last rank
-            top = jax.lax.top_k(logq, width)[1]
-            sampled = jax.random.categorical(key, logq, axis=-1)[..., None]  # [B, T, 1]
-            ranked = jnp.concatenate([top[..., : width - 1], sampled], axis=-1)
-            last = np.array([int(np.sum(parents == parents[c])) - 1 for c in children])
-            rank = np.where(rank == last, width - 1, rank)
+        else:  # the draft laws of the multi-draft verifiers (specjax.verify)
+            B, T, V = logq.shape
+            draw = {"iid": verify.draw_iid, "without_replacement": verify.draw_without_replacement,
+                    "greedy_draft": verify.draw_greedy}[rule]
+            ranked = draw(key, jnp.exp(logq).reshape(B * T, V), width).reshape(B, T, width)
+            if rule == "greedy_draft":  # a parent's last child is the sampled one (rank W-1)
+                last = np.array([int(np.sum(parents == parents[c])) - 1 for c in children])
+                rank = np.where(rank == last, width - 1, rank)
         return ranked[:, par, rank].astype(jnp.int32)
 
     def update(self, params, state: DraftModelState, tree, result, target_logits):

@@ -25,6 +25,12 @@ every step before the matmul, which measured 2x slower for SmolLM2-135M decode
 steps (60 ms vs 31 ms for the matmuls alone); separate per-layer buffers feed
 the matmuls directly. The forward unrolls the layers instead.
 
+On CPU the matrices can also be stored in the panel layout of
+`models.linear` (`panelize`: each [Din, Dout] matrix as [Dout/P, Din, P]
+panels, the LM head as `lm_head_panels`), which `decoder.dense` multiplies
+without XLA:CPU's per-call weight repacking; `with_layout(cfg, params,
+"auto")` picks it on CPU. Loaders always return the plain layout.
+
 Every loader (HF safetensors directories, GGUF files) produces a mapping from
 HuggingFace tensor names (`model.layers.3.self_attn.q_proj.weight`, ...) to
 numpy arrays in HF's [out, in] layout, and `params_from_hf_tensors` turns it
