@@ -102,3 +102,18 @@ def test_greedy_tokens_equal_plain_layout(model):
     sd = decode.speculative_generate(panels, cfg, prompts, method=method, draft_params=dparams,
                                      max_new_tokens=12)
     assert sd.tokens == ar
+
+
+@pytest.mark.parametrize("layout", ["panels", "plain"])
+def test_place_consumes_host_params(model, layout):
+    cfg, params = model
+    host = jax.tree.map(np.asarray, params)
+    placed = P.place(cfg, host, layout)
+    assert host == {}, "place empties its input as it goes"
+    want = P.panelize(cfg, params) if layout == "panels" else params
+    assert jax.tree.structure(placed) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(want)):
+        assert isinstance(a, jax.Array)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="layout"):
+        P.place(cfg, {}, "rows")
