@@ -7,6 +7,8 @@
   records.jsonl   one line per (method, prompt), appended as produced (resume)
   results.json    config, per-method summary and the per-prompt records
   table.md        the summary table (also printed)
+  table.csv, table.tex, *.png   the same table as CSV / booktabs LaTeX and plots
+                  (specjax.bench.report; plots need the `plots` extra)
   answers/NAME.jsonl  generated texts in Spec-Bench's model_answer layout
 """
 
@@ -22,7 +24,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from specjax.bench import metrics, prompts as prompts_lib, registry
+from specjax.bench import metrics, prompts as prompts_lib, registry, report
 from specjax.bench.runner import Generator, run
 from specjax.sampling import Sampling
 
@@ -151,14 +153,14 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     tcfg, tparams = loading.load(cfg.model, cfg.dtype, progress=progress)
-    tparams = jax.device_put(params_lib.with_layout(tcfg, tparams, cfg.layout))
+    tparams = params_lib.place(tcfg, tparams, cfg.layout)
     draft = None
     if cfg.draft_model:
         dcfg, dparams = loading.load(cfg.draft_model, cfg.dtype, progress=progress)
         if dcfg.vocab_size != tcfg.vocab_size:
             raise ValueError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
                              f"({tcfg.vocab_size})")
-        draft = (dcfg, jax.device_put(params_lib.with_layout(dcfg, dparams, cfg.layout)))
+        draft = (dcfg, params_lib.place(dcfg, dparams, cfg.layout))
     tok = loading.load_tokenizer(cfg.model, progress=progress)
     load_s = time.perf_counter() - t0
     gens = build_generators(cfg, tok, (tcfg, tparams), draft)
@@ -177,6 +179,7 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
         records=[dataclasses.asdict(r) for r in records],
     )
     (workdir / "results.json").write_text(json.dumps(result, indent=1))
+    report.write_report(workdir, rows, records, baseline="autoregressive")
     return result
 
 

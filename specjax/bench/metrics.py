@@ -11,12 +11,36 @@ Definitions (DESIGN.md section 7):
   speedup: per prompt, (baseline seconds / method seconds) with the
     autoregressive baseline run on the same prompt in the same run; reported
     as the median over prompts, with the 25-75% spread.
+  ms per target forward: 1000 * (sum of seconds) / (sum of target forwards)
+    over the method's prompts; for a speculative method one forward is one
+    whole draft-verify step (drafting, the target forward over the tree,
+    acceptance, commit, host overhead), prefill counted as a forward.
+  step cost (x AR): ms per target forward of the method / ms per target
+    forward of the baseline, both pooled over the prompts both ran. It is the
+    measured denominator of the cost model of `theory.performance.speedup`,
+    gamma c + c(gamma + 1) / c(1) (draft cost plus verification cost of the
+    tree, in autoregressive steps), measured as a whole.
+  modelled speedup: tau / step cost, i.e. `theory.performance.speedup` with
+    the expected tokens per step E = tau and the step cost both measured in
+    this run (1 for the baseline; "-" for a method that neither reports an
+    accept histogram nor makes one token per forward, e.g. HF peers with an
+    assistant). Pooled over prompts, the measured speedup equals exactly
+        modelled * N / (F * tau)
+    (N = the autoregressive baseline's forwards = its generated tokens; F =
+    the method's forwards = steps + one prefill per prompt turn), so the two
+    columns differ only by (i) prefill: the first token of a turn costs one
+    forward in both methods, a factor N / (N - 1 + tau) for one turn; (ii) tokens
+    accepted beyond max_new_tokens / EOS, counted in tau but not generated;
+    (iii) the median of per-prompt ratios vs a pooled ratio. Reading tau,
+    step cost and the modelled speedup together shows where the time goes:
+    tau is what the drafts buy, the step cost what they cost.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import statistics
 from typing import Sequence
 
@@ -73,10 +97,51 @@ class Summary:
     compile_seconds: float
     identical: str  # "yes", "no (k/n)", or "-" when not checked
     accept_per_depth: list[float]  # P(at least d drafts accepted), d = 1..
+    ms_per_call: float = float("nan")  # ms per target forward (one step), prefill included
+    step_cost: float = float("nan")  # ms per forward / the baseline's, same prompts
+    modelled_speedup: float = float("nan")  # tau / step_cost (theory.performance.speedup)
 
 
 def _quantile(xs, q):
     return float(np.quantile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def ms_per_call(records: Sequence[Record]) -> float:
+    """1000 * total seconds / total target forwards (NaN without forwards)."""
+    calls = sum(r.target_calls for r in records)
+    return 1000.0 * sum(r.seconds for r in records) / calls if calls else float("nan")
+
+
+def step_cost(records: Sequence[Record], base_records: Sequence[Record]) -> float:
+    """Measured cost of one step (target forward) of `records` in baseline steps.
+
+    Pooled over the prompts present in both lists (matched by question_id);
+    NaN when none are or the baseline took no time.
+    """
+    base = {r.question_id: r for r in base_records}
+    rs = [r for r in records if r.question_id in base]
+    num, den = ms_per_call(rs), ms_per_call([base[r.question_id] for r in rs])
+    return num / den if rs and den > 0 else float("nan")
+
+
+def loop_tau(records: Sequence[Record]) -> float:
+    """Tokens per decode-loop forward for the cost model.
+
+    tau of the pooled accept histogram when the method reports steps; 1 when
+    every forward made exactly one token (autoregressive decoding); NaN when
+    neither is known (a peer that drafts but reports no histogram).
+    """
+    if sum(r.steps for r in records):
+        return tau_of_hist(functools.reduce(add_hist, (r.accept_hist for r in records),
+                                            np.zeros(1, np.int64)))
+    if sum(r.new_tokens for r in records) == sum(r.target_calls for r in records):
+        return 1.0
+    return float("nan")
+
+
+def modelled_speedup(tau: float, cost: float) -> float:
+    """tau / step cost: `theory.performance.speedup` with E and the step cost measured."""
+    return tau / cost if cost > 0 else float("nan")
 
 
 def summarize(records: Sequence[Record], baseline: str | None, check_identity: bool) -> list[Summary]:
@@ -99,6 +164,7 @@ def summarize(records: Sequence[Record], baseline: str | None, check_identity: b
             same = sum(base[r.question_id].tokens == r.tokens for r in rs if r.question_id in base)
             n = sum(r.question_id in base for r in rs)
             identical = "yes" if same == n else f"NO ({same}/{n})"
+        cost = step_cost(rs, list(base.values())) if base else float("nan")
         out.append(Summary(
             method=m, prompts=len(rs), tau=tau,
             forwards_per_token=sum(r.target_calls for r in rs) / max(1, sum(r.new_tokens for r in rs)),
@@ -107,18 +173,28 @@ def summarize(records: Sequence[Record], baseline: str | None, check_identity: b
             speedup_q75=_quantile(ratios, 0.75),
             compile_seconds=sum(r.compile_seconds for r in rs),
             identical=identical, accept_per_depth=depth_acc,
+            ms_per_call=ms_per_call(rs), step_cost=cost,
+            modelled_speedup=modelled_speedup(loop_tau(rs), cost),
         ))
     return out
 
 
+def _num(x: float, fmt: str, suffix: str = "", missing: str = "-") -> str:
+    return missing if math.isnan(x) else format(x, fmt) + suffix
+
+
 def markdown_table(rows: Sequence[Summary]) -> str:
     head = ("| method | prompts | tau (tokens/forward, bonus incl.) | target fwd/token | "
-            "tokens/s (median) | speedup (median [q25, q75]) | compile s | identical to AR |")
-    lines = [head, "|" + "---|" * 8]
+            "tokens/s (median) | speedup (median [q25, q75]) | "
+            "ms/target fwd (step cost x AR) | modelled speedup (tau / step cost) | "
+            "compile s | identical to AR |")
+    lines = [head, "|" + "---|" * 10]
     for s in rows:
         lines.append(
             f"| {s.method} | {s.prompts} | {s.tau:.2f} | {s.forwards_per_token:.3f} | "
             f"{s.tokens_per_second:.1f} | {s.speedup:.2f}x [{s.speedup_q25:.2f}, {s.speedup_q75:.2f}] | "
+            f"{_num(s.ms_per_call, '.1f')} ({_num(s.step_cost, '.2f', 'x')}) | "
+            f"{_num(s.modelled_speedup, '.2f', 'x')} | "
             f"{s.compile_seconds:.1f} | {s.identical} |")
     return "\n".join(lines)
 
