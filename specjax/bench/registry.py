@@ -135,6 +135,53 @@ def token_recycling(ctx: BuildContext) -> Generator:
     return _spec_generator(f"token_recycling({spec})", ctx, d, verifier)
 
 
+def _retrieval_of(ctx: BuildContext):
+    from specjax.drafters.retrieval import Retrieval
+
+    a = ctx.args
+    return Retrieval(ctx.target_cfg.vocab_size, num_nodes=int(a.get("ret_nodes", 32)),
+                     depth=int(a.get("ret_depth", 8)),
+                     num_continuations=int(a.get("ret_continuations", 32)),
+                     max_ngram=int(a.get("ret_max_ngram", 8)),
+                     min_ngram=int(a.get("ret_min_ngram", 2)))
+
+
+def _datastore(ctx: BuildContext):
+    from specjax.drafters.retrieval import load_datastore
+
+    if not ctx.args.get("datastore"):
+        raise ValueError("this method needs datastore=PATH (build one with `python -m "
+                         "specjax.drafters.retrieval build --tokenizer=... --corpus=... --out=PATH`)")
+    return load_datastore(ctx.args["datastore"], vocab_size=ctx.target_cfg.vocab_size)
+
+
+def retrieval(ctx: BuildContext) -> Generator:
+    """REST retrieval drafts: datastore=PATH; overrides ret_nodes (32), ret_depth (8),
+    ret_continuations (32), ret_max_ngram (8), ret_min_ngram (2)."""
+    from specjax.drafters.token_recycling import deterministic_tree
+
+    d = _retrieval_of(ctx)
+    verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
+    return _spec_generator(f"retrieval(N={d.num_nodes})", ctx, d, verifier, _datastore(ctx))
+
+
+def rasd(ctx: BuildContext) -> Generator:
+    """RASD: draft-model top-k tree (rasd_tree "2.1") + pruned retrieval tree, fused
+    (rasd_nodes 48, rasd_prune_topk 8); datastore=PATH and the ret_* overrides."""
+    from specjax.drafters.rasd import RASD, rasd_params
+    from specjax.drafters.token_recycling import deterministic_tree
+
+    dcfg, dparams = ctx.draft()
+    branching = [int(b) for b in str(ctx.args.get("rasd_tree", "2.1")).split(".")]
+    parents = tuple(trees.template_topology(branching).tolist())
+    d = RASD(DraftModel(DecoderLM(dcfg), parents, "topk"), _retrieval_of(ctx),
+             num_nodes=int(ctx.args.get("rasd_nodes", 48)),
+             prune_topk=int(ctx.args.get("rasd_prune_topk", 8)))
+    verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
+    return _spec_generator(f"rasd(N={d.num_nodes})", ctx, d, verifier,
+                           rasd_params(dparams, _datastore(ctx)))
+
+
 REGISTRY: dict[str, MethodInfo] = {
     m.name: m
     for m in [
@@ -147,6 +194,10 @@ REGISTRY: dict[str, MethodInfo] = {
                    "nothing", pld),
         MethodInfo("token_recycling", "Luo et al. arXiv:2408.08696", "yes", "nothing",
                    token_recycling),
+        MethodInfo("retrieval", "REST, He et al. arXiv:2311.08252", "yes",
+                   "a datastore (datastore=PATH)", retrieval),
+        MethodInfo("rasd", "RASD, Quan et al. arXiv:2503.03434", "yes",
+                   "a draft model (or self_layers) + a datastore", rasd),
     ]
 }
 
