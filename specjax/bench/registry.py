@@ -135,6 +135,22 @@ def token_recycling(ctx: BuildContext) -> Generator:
     return _spec_generator(f"token_recycling({spec})", ctx, d, verifier)
 
 
+def aded(ctx: BuildContext) -> Generator:
+    """ADED: overrides aded_k (8), aded_slots (65536), aded_template ("tr80" or branching
+    "4.2.1"), aded_c (PUCT exploration constant, 0.5)."""
+    from specjax.drafters.aded import Aded
+    from specjax.drafters.token_recycling import deterministic_tree
+
+    a = ctx.args
+    spec = str(a.get("aded_template", "tr80"))
+    template = spec if not spec[:1].isdigit() else tuple(int(b) for b in spec.split("."))
+    d = Aded(ctx.target_cfg.vocab_size, k=int(a.get("aded_k", 8)),
+             slots=int(a.get("aded_slots", 1 << 16)), template=template,
+             c_puct=float(a.get("aded_c", 0.5)))
+    verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
+    return _spec_generator(f"aded({spec},c={d.c_puct:g})", ctx, d, verifier)
+
+
 def _retrieval_of(ctx: BuildContext):
     from specjax.drafters.retrieval import Retrieval
 
@@ -194,6 +210,7 @@ REGISTRY: dict[str, MethodInfo] = {
                    "nothing", pld),
         MethodInfo("token_recycling", "Luo et al. arXiv:2408.08696", "yes", "nothing",
                    token_recycling),
+        MethodInfo("aded", "ADED, Liu et al. arXiv:2407.12021", "yes", "nothing", aded),
         MethodInfo("retrieval", "REST, He et al. arXiv:2311.08252", "yes",
                    "a datastore (datastore=PATH)", retrieval),
         MethodInfo("rasd", "RASD, Quan et al. arXiv:2503.03434", "yes",
