@@ -332,6 +332,9 @@ def speculative_loop(
     """
     drafter, verifier = method.drafter, method.verifier
     B, N = tokens.shape[0], drafter.num_nodes
+    # drafters that keep a copy of the target's keys/values (self-speculation,
+    # `drafters.self_spec`) get the prefilled cache and each step's tree KV
+    wants_kv = getattr(drafter, "wants_target_kv", False)
     start = _start(target, target_params, tokens, lengths, key, sampling, eos_ids,
                    max_new_tokens, max_len)
     S = target.max_len(start["cache"])
@@ -356,7 +359,8 @@ def speculative_loop(
         new = new.at[jnp.arange(B), res.num_accepted].set(res.next_token)
         out, num, finished = append_tokens(c["out"], c["num"], new, n_new, eos_ids,
                                            max_new_tokens)
-        dstate = drafter.update(draft_params, prop.state, tree, res, t_logits)
+        dstate = drafter.update(draft_params, prop.state, tree, res, t_logits,
+                                **({"target_kv": kv} if wants_kv else {}))
         hist = c["hist"] + (jax.nn.one_hot(res.num_accepted, N, dtype=jnp.int32)
                             * active[:, None].astype(jnp.int32))
         return dict(
@@ -366,7 +370,8 @@ def speculative_loop(
             nan=c["nan"] | (active & jnp.isnan(t_logits).any(axis=(1, 2))),
         )
 
-    init = dict(start, dstate=drafter.init(draft_params, tokens, lengths, max_len),
+    init_kv = {"target_cache": start["cache"]} if wants_kv else {}
+    init = dict(start, dstate=drafter.init(draft_params, tokens, lengths, max_len, **init_kv),
                 hist=jnp.zeros((B, N), jnp.int32))
     c = jax.lax.while_loop(_running, body, init)
     return _output(c), SpecStats(target_calls=c["calls"], steps=c["calls"] - 1, accept_hist=c["hist"])

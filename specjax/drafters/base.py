@@ -20,6 +20,13 @@ model-free drafters). All three methods are pure and jittable:
         drafters learn from them).
 
 `num_nodes` (N, root included) is static so the loop can size its buffers.
+
+Optional: a drafter that keeps a copy of the target's keys/values
+(self-speculation, `drafters.self_spec`) sets the class attribute
+`wants_target_kv = True`; the loop then also passes
+`init(..., max_len, target_cache=<the target's prefilled KVCache>)` and
+`update(..., target_logits, target_kv=<the verification forward's KVBlock
+[L, B, N, K, H]>)`. Other drafters are called exactly as above.
 """
 
 from __future__ import annotations

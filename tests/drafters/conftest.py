@@ -75,13 +75,13 @@ class MarkovLaw:
     SAMPLING = Sampling(temperature=1.0)
 
     @classmethod
-    def run(cls, drafter, verifier, num_new, key=0):
+    def run(cls, drafter, verifier, num_new, key=0, draft_params=None):
         """Generated tokens int[ROWS, num_new] and the SpecGeneration."""
         method = decode.Method(drafter=drafter, verifier=verifier)
         out = decode.speculative_generate(
             jnp.log(jnp.asarray(cls.P, jnp.float32)), cls.LM, [cls.PROMPT] * cls.ROWS,
-            method=method, max_new_tokens=num_new, sampling=cls.SAMPLING,
-            key=jax.random.key(key))
+            method=method, draft_params=draft_params, max_new_tokens=num_new,
+            sampling=cls.SAMPLING, key=jax.random.key(key))
         toks = np.array(out.tokens)
         assert toks.shape == (cls.ROWS, num_new)
         return toks, out
