@@ -151,6 +151,33 @@ def aded(ctx: BuildContext) -> Generator:
     return _spec_generator(f"aded({spec},c={d.c_puct:g})", ctx, d, verifier)
 
 
+def kangaroo(ctx: BuildContext) -> Generator:
+    """Kangaroo early exit (adapter-free until the training issue): overrides kangaroo_layer
+    (default self_layers), kangaroo_k (6), kangaroo_threshold (0.6)."""
+    from specjax.drafters.self_spec import Kangaroo
+
+    a = ctx.args
+    d = Kangaroo(ctx.target_cfg, exit_layer=int(a.get("kangaroo_layer", a["self_layers"])),
+                 num_drafts=int(a.get("kangaroo_k", 6)),
+                 threshold=float(a.get("kangaroo_threshold", 0.6)))
+    return _spec_generator(f"kangaroo(l={d.exit_layer})", ctx, d, _chain_verifier(ctx.sampling),
+                           draft_params=ctx.target_params)
+
+
+def swift(ctx: BuildContext) -> Generator:
+    """SWIFT on-the-fly layer skipping: overrides swift_ratio (0.45), swift_k (6),
+    swift_threshold (0.8), swift_window (16), swift_opt_steps (32; 0 = fixed spaced set)."""
+    from specjax.drafters.self_spec import Swift
+
+    a = ctx.args
+    d = Swift(ctx.target_cfg, num_drafts=int(a.get("swift_k", 6)),
+              threshold=float(a.get("swift_threshold", 0.8)),
+              skip_ratio=float(a.get("swift_ratio", 0.45)), window=int(a.get("swift_window", 16)),
+              opt_steps=int(a.get("swift_opt_steps", 32)), seed=ctx.seed)
+    return _spec_generator(f"swift(r={d.skip_ratio})", ctx, d, _chain_verifier(ctx.sampling),
+                           draft_params=ctx.target_params)
+
+
 def _retrieval_of(ctx: BuildContext):
     from specjax.drafters.retrieval import Retrieval
 
@@ -211,6 +238,10 @@ REGISTRY: dict[str, MethodInfo] = {
         MethodInfo("token_recycling", "Luo et al. arXiv:2408.08696", "yes", "nothing",
                    token_recycling),
         MethodInfo("aded", "ADED, Liu et al. arXiv:2407.12021", "yes", "nothing", aded),
+        MethodInfo("kangaroo", "Kangaroo, Liu et al. arXiv:2404.18911 (adapter-free early exit)",
+                   "yes", "nothing (the target's first layers)", kangaroo),
+        MethodInfo("swift", "SWIFT, Xia et al. arXiv:2410.06916; Draft & Verify arXiv:2309.08168",
+                   "yes", "nothing (the target with layers skipped)", swift),
         MethodInfo("retrieval", "REST, He et al. arXiv:2311.08252", "yes",
                    "a datastore (datastore=PATH)", retrieval),
         MethodInfo("rasd", "RASD, Quan et al. arXiv:2503.03434", "yes",
