@@ -103,7 +103,6 @@ the last one fails.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 
@@ -113,7 +112,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import Proposal, TemplateTree
 from specjax.drafters.prompt_lookup import check_vocab
 from specjax.drafters.token_recycling import first_child_point_mass
 from specjax.sampling import Sampling
@@ -394,7 +393,7 @@ def record_visits(tables: NgramTables, tree: trees.Tree, accepted: jax.Array,
 
 
 @dataclasses.dataclass(frozen=True)
-class Aded:
+class Aded(TemplateTree):
     """ADED drafter: online hashed tri-gram model + PUCT-ranked template tree.
 
     Attributes:
@@ -416,9 +415,6 @@ class Aded:
     max_nodes: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.template, str):  # lists -> hashable tuples
-            t = tuple(tuple(x) if isinstance(x, (list, tuple)) else int(x) for x in self.template)
-            object.__setattr__(self, "template", t)
         object.__setattr__(self, "c_puct", float(self.c_puct))
         if self.vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
@@ -432,38 +428,11 @@ class Aded:
                              " does not fit int32 table indices; use fewer slots or a smaller k")
         if not (math.isfinite(self.c_puct) and self.c_puct >= 0):
             raise ValueError(f"c_puct must be a finite number >= 0, got {self.c_puct}")
-        parent, rank = self._topology
-        if self.max_nodes is not None and len(parent) > self.max_nodes:
-            raise ValueError(
-                f"template {self.template!r} has {len(parent)} nodes (root included) but the "
-                f"node budget is max_nodes={self.max_nodes}; use a smaller template")
-        if rank.max() >= self.k:
-            raise ValueError(
-                f"template {self.template!r} uses candidate rank {int(rank.max())} but only "
-                f"k={self.k} candidates are kept per context")
-
-    @functools.cached_property
-    def _topology(self) -> tuple[np.ndarray, np.ndarray]:
-        spec = list(self.template) if isinstance(self.template, tuple) else self.template
-        return trees.template_ranks(spec)
-
-    @property
-    def parents(self) -> tuple[int, ...]:
-        return tuple(self._topology[0].tolist())
-
-    @property
-    def num_nodes(self) -> int:
-        return len(self._topology[0])
+        self._check_template("the tri-gram table")
 
     @property
     def max_depth(self) -> int:
         return int(trees.topology_depth(self._topology[0]).max())
-
-    @property
-    def max_children(self) -> int:
-        """Largest number of children of a template node (for the verifiers)."""
-        parent = self._topology[0]
-        return max(1, int(np.bincount(parent[1:]).max())) if len(parent) > 1 else 1
 
     def state_bytes(self, batch: int = 1) -> int:
         """Bytes of the drafter state for `batch` rows."""

@@ -31,10 +31,12 @@ Optional: a drafter that keeps a copy of the target's keys/values
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 import flax.struct
 import jax
+import numpy as np
 
 from specjax.sampling import Sampling
 
@@ -56,3 +58,49 @@ class Drafter(Protocol):
                 sampling: Sampling) -> Proposal: ...
 
     def update(self, params, state, tree, result, target_logits: jax.Array) -> Any: ...
+
+
+class TemplateTree:
+    """Mixin of drafters that fill a static template tree (Token Recycling, ADED).
+
+    The dataclass using it has fields `template` (a `trees.template_ranks`
+    spec), `k` (candidates kept per context) and `max_nodes` (optional node
+    budget) and calls `self._check_template(...)` in `__post_init__`.
+    """
+
+    def _check_template(self, what: str) -> None:
+        """Normalises the template to a hashable tuple; clear errors for a template over
+        the node budget or using a candidate rank >= k."""
+        if not isinstance(self.template, str):  # lists -> hashable tuples
+            t = tuple(tuple(x) if isinstance(x, (list, tuple)) else int(x) for x in self.template)
+            object.__setattr__(self, "template", t)
+        parent, rank = self._topology
+        if self.max_nodes is not None and len(parent) > self.max_nodes:
+            raise ValueError(
+                f"template {self.template!r} has {len(parent)} nodes (root included) but the "
+                f"node budget is max_nodes={self.max_nodes}; use a smaller template")
+        if rank.max() >= self.k:
+            raise ValueError(
+                f"template {self.template!r} uses candidate rank {int(rank.max())} but {what} "
+                f"keeps only k={self.k} candidates")
+
+    @functools.cached_property
+    def _topology(self) -> tuple[np.ndarray, np.ndarray]:
+        from specjax import trees
+
+        spec = list(self.template) if isinstance(self.template, tuple) else self.template
+        return trees.template_ranks(spec)
+
+    @property
+    def parents(self) -> tuple[int, ...]:
+        return tuple(self._topology[0].tolist())
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self._topology[0])
+
+    @property
+    def max_children(self) -> int:
+        """Largest number of children of a template node (for the verifiers)."""
+        parent = self._topology[0]
+        return max(1, int(np.bincount(parent[1:], minlength=1).max())) if len(parent) > 1 else 1

@@ -52,7 +52,6 @@ first two and reject the third.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import ClassVar
 
 import flax.struct
@@ -61,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import Proposal, TemplateTree
 from specjax.drafters.prompt_lookup import check_vocab
 from specjax.sampling import Sampling
 from specjax.verify.result import normalize
@@ -149,7 +148,7 @@ def first_child_point_mass(tree: trees.Tree, vocab_size: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenRecycling:
+class TokenRecycling(TemplateTree):
     """Token Recycling drafter over a static template tree.
 
     Attributes:
@@ -167,40 +166,10 @@ class TokenRecycling:
     max_nodes: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.template, str):  # lists -> hashable tuples
-            t = tuple(tuple(x) if isinstance(x, (list, tuple)) else int(x) for x in self.template)
-            object.__setattr__(self, "template", t)
         if self.k < 1 or self.k > self.vocab_size:
             raise ValueError(f"need 1 <= k <= vocab_size, got k={self.k}, "
                              f"vocab_size={self.vocab_size}")
-        parent, rank = self._topology
-        if self.max_nodes is not None and len(parent) > self.max_nodes:
-            raise ValueError(
-                f"template {self.template!r} has {len(parent)} nodes (root included) but the "
-                f"node budget is max_nodes={self.max_nodes}; use a smaller template")
-        if rank.max() >= self.k:
-            raise ValueError(
-                f"template {self.template!r} uses candidate rank {int(rank.max())} but the "
-                f"matrix keeps only k={self.k} candidates per token")
-
-    @functools.cached_property
-    def _topology(self) -> tuple[np.ndarray, np.ndarray]:
-        spec = list(self.template) if isinstance(self.template, tuple) else self.template
-        return trees.template_ranks(spec)
-
-    @property
-    def parents(self) -> tuple[int, ...]:
-        return tuple(self._topology[0].tolist())
-
-    @property
-    def num_nodes(self) -> int:
-        return len(self._topology[0])
-
-    @property
-    def max_children(self) -> int:
-        """Largest number of children of a template node (for the verifiers)."""
-        parent = self._topology[0]
-        return max(1, int(np.bincount(parent[1:], minlength=1).max())) if len(parent) > 1 else 1
+        self._check_template("the matrix")
 
     def state_bytes(self, batch: int = 1) -> int:
         """Bytes of the drafter state for `batch` rows."""
