@@ -178,6 +178,32 @@ def swift(ctx: BuildContext) -> Generator:
                            draft_params=ctx.target_params)
 
 
+def bigram(ctx: BuildContext) -> Generator:
+    """Bigram drafter (CS Drafting's statistical bottom model): overrides bigram_drafts (4),
+    bigram_k (4)."""
+    from specjax.drafters.bigram import Bigram
+
+    d = Bigram(ctx.target_cfg.vocab_size, num_drafts=int(ctx.args.get("bigram_drafts", 4)),
+               k=int(ctx.args.get("bigram_k", 4)))
+    return _spec_generator(f"bigram(k={d.num_drafts})", ctx, d, _chain_verifier(ctx.sampling))
+
+
+def cs_drafting(ctx: BuildContext) -> Generator:
+    """CS Drafting: the draft model drafts the first cs_model (3) positions, accelerated by
+    the bigram (vertical cascade, cs_lookahead (2) proposals per draft forward; cs_vertical=0
+    drafts autoregressively), the bigram alone the next cs_bigram (2); bigram_k (4)."""
+    from specjax.drafters import cascade
+
+    a = ctx.args
+    dcfg, dparams = ctx.draft()
+    model, small = int(a.get("cs_model", 3)), int(a.get("cs_bigram", 2))
+    d = cascade.cs_drafting(DecoderLM(dcfg), model_positions=model, bigram_positions=small,
+                            lookahead=int(a.get("cs_lookahead", 2)), k=int(a.get("bigram_k", 4)),
+                            vertical=_flag(a.get("cs_vertical", True)))
+    return _spec_generator(f"cs_drafting({model}+{small})", ctx, d,
+                           _chain_verifier(ctx.sampling), (dparams, None))
+
+
 def _retrieval_of(ctx: BuildContext):
     from specjax.drafters.retrieval import Retrieval
 
@@ -238,6 +264,10 @@ REGISTRY: dict[str, MethodInfo] = {
         MethodInfo("token_recycling", "Luo et al. arXiv:2408.08696", "yes", "nothing",
                    token_recycling),
         MethodInfo("aded", "ADED, Liu et al. arXiv:2407.12021", "yes", "nothing", aded),
+        MethodInfo("bigram", "CS Drafting arXiv:2312.11462 (statistical bottom drafter)", "yes",
+                   "nothing", bigram),
+        MethodInfo("cs_drafting", "CS Drafting, Chen et al. arXiv:2312.11462", "yes",
+                   "a draft model (or self_layers)", cs_drafting),
         MethodInfo("kangaroo", "Kangaroo, Liu et al. arXiv:2404.18911 (adapter-free early exit)",
                    "yes", "nothing (the target's first layers)", kangaroo),
         MethodInfo("swift", "SWIFT, Xia et al. arXiv:2410.06916; Draft & Verify arXiv:2309.08168",
