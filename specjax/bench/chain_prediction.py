@@ -129,10 +129,12 @@ def run(target: ModelPair, draft: ModelPair, prompts: Sequence[Sequence[int]], *
             rates = {i: acceptance_along(target, draft, prompts[i], conts[i], temp)
                      for i in order if conts[i]}
             t_score += time.perf_counter() - t0
-            # pooled over prompts: every position (alpha) and every start (positional) once
-            pooled = predicted_tokens(np.concatenate(list(rates.values())), int(k))
-            pooled["positional"] = float(np.concatenate(
-                [_per_start(a, int(k)) for a in rates.values()]).mean())
+            # pooled over prompts: every position (alpha) and every start (positional) once;
+            # windows never cross from one prompt's text into the next
+            alpha = float(np.concatenate(list(rates.values())).mean())
+            pooled = dict(alpha=alpha, iid=float(theory.expected_tokens(alpha, int(k))),
+                          positional=float(np.concatenate(
+                              [_per_start(a, int(k)) for a in rates.values()]).mean()))
             for pp in per_prompt:
                 if pp["prompt"] in rates:
                     pp.update(predicted_tokens(rates[pp["prompt"]], int(k)))

@@ -145,15 +145,21 @@ def panelize(cfg: ModelConfig, params: Params) -> Params:
 LAYOUTS = ("auto", "plain", "panels")
 
 
+def resolve_layout(layout: str) -> str:
+    """"plain" or "panels" for a `LAYOUTS` name ("auto": panels on the CPU backend)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout {layout!r}; valid: {LAYOUTS}")
+    if layout == "auto":
+        return "panels" if jax.default_backend() == "cpu" else "plain"
+    return layout
+
+
 def with_layout(cfg: ModelConfig, params: Params, layout: str = "auto") -> Params:
     """`params` in the weight layout `layout`: "plain" ([Din, Dout]), "panels"
     (`panelize`) or "auto" = panels when JAX's default backend is the CPU (where
     they make verifying 2-8 tokens 1.2-1.5x cheaper, README performance section)
     and plain elsewhere (accelerator matmuls need no such layout)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown weight layout {layout!r}; valid: {LAYOUTS}")
-    if layout == "auto":
-        layout = "panels" if jax.default_backend() == "cpu" else "plain"
+    layout = resolve_layout(layout)
     return panelize(cfg, params) if layout == "panels" else unpanelize(cfg, params)
 
 
@@ -166,10 +172,7 @@ def place(cfg: ModelConfig, params: Params, layout: str = "auto") -> Params:
     this converts and places leaf by leaf and drops each host array from
     `params` (which is emptied), so the peak is one model plus one matrix.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown weight layout {layout!r}; valid: {LAYOUTS}")
-    if layout == "auto":
-        layout = "panels" if jax.default_backend() == "cpu" else "plain"
+    layout = resolve_layout(layout)
     if is_panelled(params):
         params = unpanelize(cfg, params) if layout == "plain" else params
     panels = layout == "panels" and not is_panelled(params)
