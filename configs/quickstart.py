@@ -25,7 +25,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.seed = 0
     c.sampling = ConfigDict(dict(temperature=0.0, top_k=0, top_p=1.0))
     c.draft = ConfigDict(dict(self_layers=10, k=4, tree="3.2.1.1", prompt_lookup=3,
-                              pld_drafts=10, tr_template="4.2.1"))
+                              pld_drafts=10, tr_template="4.2.1",
+                              policy="none"))  # e.g. "confidence:threshold=0.5" (specjax.policies)
     c.prompts = ConfigDict(dict(
         spec_bench_path="",  # "" = ../shared/data/spec_bench/question.jsonl
         spec_bench_categories="writing,coding,math_reasoning,summarization",

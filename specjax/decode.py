@@ -280,13 +280,37 @@ class Method:
       drafter: a `specjax.drafters` drafter (static, hashable).
       verifier: a `specjax.verify` verifier, `verify(key, tree, target_probs,
         draft_probs) -> VerifyResult` (static, hashable).
-      policy: optional `specjax.policies` policy that masks tree nodes before
-        verification (None = verify every drafted node).
+      policy: optional `specjax.policies` policy choosing which drafted nodes
+        to verify each step (None = every drafted node).
+      widths: static target widths the loop may verify (ascending, the last
+        one is the drafter's node count N). Each step runs the target on the
+        smallest width that holds every running row's valid nodes, so a
+        policy that verifies fewer nodes also costs less. Default: N only
+        without a policy; with one, 1..8 and the powers of two up to N, and N.
     """
 
     drafter: Any
     verifier: Any
     policy: Any = None
+    widths: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.widths is not None:
+            object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+
+    def verify_widths(self) -> tuple[int, ...]:
+        """The static widths (see `widths`); ValueError if they are malformed."""
+        n = self.drafter.num_nodes
+        if self.widths is None:
+            if self.policy is None:
+                return (n,)
+            powers = {1 << p for p in range(n.bit_length())}
+            return tuple(sorted(w for w in {*range(1, 9), *powers, n} if w <= n))
+        w = self.widths
+        if not w or list(w) != sorted(set(w)) or w[0] < 1 or w[-1] != n:
+            raise ValueError(f"widths must be strictly increasing, >= 1 and end with the "
+                             f"drafter's node count {n}; got {w}")
+        return w
 
 
 @flax.struct.dataclass
@@ -295,12 +319,57 @@ class SpecStats:
 
     target_calls: int32[B] target forwards (prefill included);
     steps: int32[B] draft-verify steps;
-    accept_hist: int32[B, N] number of steps that accepted exactly k drafts.
+    accept_hist: int32[B, N] number of steps that accepted exactly k drafts;
+    verified: int32[B] drafted nodes verified (valid after the policy), summed
+      over the row's steps;
+    width_steps: int32[W] steps run at each of `Method.verify_widths()`.
     """
 
     target_calls: jax.Array
     steps: jax.Array
     accept_hist: jax.Array
+    verified: jax.Array
+    width_steps: jax.Array
+
+
+def _verify_at_width(width, target, target_params, verifier, sampling, key, tree, perm,
+                     draft_probs, cache, active, wants_kv):
+    """Target forward + verification + target commit over the first `width` nodes
+    of a compacted tree; results are returned in the drafted tree's node order.
+
+    Args:
+      tree: compacted tree [B, N] (valid nodes first); perm: int32[B, N] its
+        original node indices (None = identity, width = N).
+      draft_probs: [B, N, V] in compacted order.
+
+    Returns:
+      (cache, VerifyResult, target logits [B, N, V], target KV block with N
+      nodes or None) in the drafted order; unverified nodes get zero logits.
+    """
+    B, N = tree.tokens.shape
+    sub = trees.Tree(tokens=tree.tokens[:, :width], parent=tree.parent[:, :width],
+                     valid=tree.valid[:, :width])
+    length = target.cache_length(cache)
+    positions = length[:, None] + trees.depth(sub)
+    mask = decoder.attention_mask(length, target.max_len(cache), trees.ancestor_mask(sub))
+    t_logits, kv = target.forward(target_params, sub.tokens, positions, cache, mask)
+    t_probs = jnp.exp(process_logits(t_logits, sampling))  # [B, W, V]
+    res = verifier(key, sub, t_probs, draft_probs[:, :width])
+    cache = target.commit(cache, kv, res.path, (res.num_accepted + 1) * active)
+    if perm is None:
+        return cache, res, t_logits, (kv if wants_kv else None)
+    rows = jnp.arange(B)[:, None]
+    cols = perm[:, :width]  # [B, W] drafted index of each verified node
+
+    def scatter(x, axis):  # [.., B, W, ..] at (axis - 1, axis) -> N nodes in drafted order
+        full = jnp.zeros(x.shape[:axis] + (N,) + x.shape[axis + 1:], x.dtype)
+        return full.at[(slice(None),) * (axis - 1) + (rows, cols)].set(x)
+
+    path = jnp.pad(res.path, ((0, 0), (0, N - width)))
+    res = res.replace(path=jnp.take_along_axis(perm, path, axis=1),
+                      accepted=scatter(res.accepted, 1))
+    kv = jax.tree.map(lambda x: scatter(x, 2), kv) if wants_kv else None
+    return cache, res, scatter(t_logits, 1), kv
 
 
 @functools.partial(
@@ -330,30 +399,42 @@ def speculative_loop(
     hit EOS or `max_new_tokens` stop. Each row accepts its own number of
     tokens.
     """
-    drafter, verifier = method.drafter, method.verifier
+    drafter, verifier, policy = method.drafter, method.verifier, method.policy
     B, N = tokens.shape[0], drafter.num_nodes
+    widths = method.verify_widths()
     # drafters that keep a copy of the target's keys/values (self-speculation,
     # `drafters.self_spec`) get the prefilled cache and each step's tree KV
     wants_kv = getattr(drafter, "wants_target_kv", False)
+    # drafters that can skip draft forwards no kept node needs (`DraftModel`)
+    gated = policy is not None and getattr(drafter, "accepts_expand", False)
     start = _start(target, target_params, tokens, lengths, key, sampling, eos_ids,
                    max_new_tokens, max_len)
-    S = target.max_len(start["cache"])
 
     def body(c):
         active = ~c["done"]
         key, k_draft, k_verify = jax.random.split(c["key"], 3)
-        prop = drafter.propose(draft_params, c["dstate"], c["last"], k_draft, sampling)
-        tree = prop.tree
-        if method.policy is not None:
-            tree = method.policy(tree, prop.draft_probs)
-        length = target.cache_length(c["cache"])
-        positions = length[:, None] + trees.depth(tree)
-        mask = decoder.attention_mask(length, S, trees.ancestor_mask(tree))
-        t_logits, kv = target.forward(target_params, tree.tokens, positions, c["cache"], mask)
-        t_probs = jnp.exp(process_logits(t_logits, sampling))  # [B, N, V]
-        res = verifier(k_verify, tree, t_probs, prop.draft_probs)
+        expand = {"expand": functools.partial(policy.expandable, c["pstate"])} if gated else {}
+        prop = drafter.propose(draft_params, c["dstate"], c["last"], k_draft, sampling, **expand)
+        tree, q = prop.tree, prop.draft_probs
+        if policy is not None:
+            tree = policy.select(c["pstate"], tree, q)
+        if len(widths) == 1:
+            cache, res, t_logits, kv = _verify_at_width(
+                N, target, target_params, verifier, sampling, k_verify, tree, None, q,
+                c["cache"], active, wants_kv)
+            width_index = jnp.int32(0)
+        else:
+            # finished rows verify their root only, so they never force a wide step
+            tree = tree.replace(valid=tree.valid & (active[:, None] | (jnp.arange(N) == 0)))
+            small, perm = trees.compact(tree)
+            q_small = jnp.take_along_axis(q, perm[:, :, None], axis=1)
+            need = jnp.max(jnp.sum(tree.valid, axis=1))
+            width_index = jnp.sum(jnp.asarray(widths) < need).astype(jnp.int32)
+            branches = [functools.partial(_verify_at_width, w, target, target_params, verifier,
+                                          sampling, k_verify, small, perm, q_small,
+                                          active=active, wants_kv=wants_kv) for w in widths]
+            cache, res, t_logits, kv = jax.lax.switch(width_index, branches, c["cache"])
         n_new = (res.num_accepted + 1) * active  # accepted drafts + next token
-        cache = target.commit(c["cache"], kv, res.path, n_new)
         path_tokens = jnp.take_along_axis(tree.tokens, res.path, axis=1)  # [B, N]
         new = jnp.concatenate([path_tokens[:, 1:], jnp.zeros((B, 1), jnp.int32)], axis=1)
         new = new.at[jnp.arange(B), res.num_accepted].set(res.next_token)
@@ -361,20 +442,27 @@ def speculative_loop(
                                            max_new_tokens)
         dstate = drafter.update(draft_params, prop.state, tree, res, t_logits,
                                 **({"target_kv": kv} if wants_kv else {}))
-        hist = c["hist"] + (jax.nn.one_hot(res.num_accepted, N, dtype=jnp.int32)
-                            * active[:, None].astype(jnp.int32))
+        pstate = c["pstate"] if policy is None else policy.update(c["pstate"], tree, res, active)
+        act = active.astype(jnp.int32)
+        hist = c["hist"] + jax.nn.one_hot(res.num_accepted, N, dtype=jnp.int32) * act[:, None]
         return dict(
-            cache=cache, dstate=dstate, key=key, out=out, num=num, last=res.next_token,
-            done=c["done"] | finished,
-            calls=c["calls"] + active.astype(jnp.int32), hist=hist,
+            cache=cache, dstate=dstate, pstate=pstate, key=key, out=out, num=num,
+            last=res.next_token, done=c["done"] | finished,
+            calls=c["calls"] + act, hist=hist,
+            verified=c["verified"] + (jnp.sum(tree.valid, axis=1) - 1) * act,
+            width_steps=c["width_steps"].at[width_index].add(1),
             nan=c["nan"] | (active & jnp.isnan(t_logits).any(axis=(1, 2))),
         )
 
     init_kv = {"target_cache": start["cache"]} if wants_kv else {}
     init = dict(start, dstate=drafter.init(draft_params, tokens, lengths, max_len, **init_kv),
-                hist=jnp.zeros((B, N), jnp.int32))
+                pstate=() if policy is None else policy.init(B),
+                hist=jnp.zeros((B, N), jnp.int32), verified=jnp.zeros((B,), jnp.int32),
+                width_steps=jnp.zeros((len(widths),), jnp.int32))
     c = jax.lax.while_loop(_running, body, init)
-    return _output(c), SpecStats(target_calls=c["calls"], steps=c["calls"] - 1, accept_hist=c["hist"])
+    return _output(c), SpecStats(target_calls=c["calls"], steps=c["calls"] - 1,
+                                 accept_hist=c["hist"], verified=c["verified"],
+                                 width_steps=c["width_steps"])
 
 
 def tau_of_hist(hist) -> float:
@@ -389,6 +477,8 @@ class SpecGeneration(Generation):
 
     steps: np.ndarray = None  # int[B]
     accept_hist: np.ndarray = None  # int[B, N]
+    verified: np.ndarray = None  # int[B] drafted nodes verified
+    width_steps: np.ndarray = None  # int[W] steps per verification width
 
     @property
     def tau(self) -> float:
@@ -432,6 +522,7 @@ def speculative_generate(
             f"draft vocabulary ({draft_vocab}) differs from the target's "
             f"({target.vocab_size}); the draft must share the target's tokenizer"
         )
+    method.verify_widths()  # malformed widths: ValueError before tracing
     tokens, lengths, max_len = _prepare(target, prompts, max_new_tokens, max_len,
                                         extra=method.drafter.num_nodes)
     gen, stats = speculative_loop(
@@ -440,4 +531,6 @@ def speculative_generate(
         eos_ids=tuple(int(e) for e in eos_ids), max_len=max_len)
     base = to_generation(gen)
     return SpecGeneration(tokens=base.tokens, target_calls=base.target_calls,
-                          steps=np.asarray(stats.steps), accept_hist=np.asarray(stats.accept_hist))
+                          steps=np.asarray(stats.steps), accept_hist=np.asarray(stats.accept_hist),
+                          verified=np.asarray(stats.verified),
+                          width_steps=np.asarray(stats.width_steps))

@@ -206,6 +206,58 @@ def path_to(tree: Tree, node: jax.Array) -> tuple[jax.Array, jax.Array]:
     return path, on_path
 
 
+def _structural_ancestors(parent: jax.Array) -> jax.Array:
+    """bool[B, N, N]: j is an ancestor of i or i itself, ignoring validity."""
+    tree = Tree(tokens=jnp.zeros_like(parent), parent=parent,
+                valid=jnp.ones(parent.shape, dtype=bool))
+    return ancestor_mask(tree)
+
+
+@jax.jit
+def path_sum(tree: Tree, values: jax.Array) -> jax.Array:
+    """Sum of per-node `values` over each node's root-to-node path (root and node included).
+
+    Args:
+      tree: the padded trees (validity ignored: padding nodes get their
+        structural path's sum).
+      values: float[B, N].
+
+    Returns:
+      float[B, N]; e.g. with values = log q(token | parent) this is the log
+      probability of each node's path under the draft.
+    """
+    anc = _structural_ancestors(tree.parent)  # [B, N, N]
+    return jnp.sum(jnp.where(anc, values[:, None, :], 0), axis=-1)
+
+
+@jax.jit
+def compact(tree: Tree) -> tuple[Tree, jax.Array]:
+    """Moves the valid nodes of every row to the front, keeping their order.
+
+    A stable reordering preserves BFS order (parent[i] < i) and sibling order,
+    so the first `max(num valid)` nodes of the result are a complete tree that
+    can be verified on its own (`decode` verifies only that many when a policy
+    masks nodes). Padding nodes go last with parent 0.
+
+    Args:
+      tree: the padded trees.
+
+    Returns:
+      (compacted Tree, perm int32[B, N]) with perm[b, j] the original index of
+      compacted node j (perm[:, 0] = 0, the root).
+    """
+    n = tree.num_nodes
+    idx = jnp.arange(n, dtype=jnp.int32)
+    perm = jnp.argsort(jnp.where(tree.valid, idx, n + idx), axis=1).astype(jnp.int32)  # [B, N]
+    inv = jnp.argsort(perm, axis=1).astype(jnp.int32)  # original -> compacted index
+    valid = jnp.take_along_axis(tree.valid, perm, axis=1)
+    old_parent = jnp.take_along_axis(tree.parent, perm, axis=1)
+    parent = jnp.take_along_axis(inv, jnp.clip(old_parent, 0, n - 1), axis=1)
+    parent = jnp.where(idx[None, :] == 0, -1, jnp.where(valid, parent, 0))
+    tokens = jnp.take_along_axis(tree.tokens, perm, axis=1)
+    return Tree(tokens=tokens, parent=parent, valid=valid), perm
+
+
 # ----------------------------------------------------------------------------
 # Builders (jittable, static topology).
 # ----------------------------------------------------------------------------
@@ -215,9 +267,13 @@ def path_to(tree: Tree, node: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _close_valid(parent: jax.Array, valid: jax.Array) -> jax.Array:
     """Invalidates every node with an invalid ancestor; the root stays valid."""
     valid = valid.at[:, 0].set(True)
-    tree = Tree(tokens=jnp.zeros_like(parent), parent=parent, valid=jnp.ones_like(valid))
-    anc = ancestor_mask(tree)  # unmasked ancestors (all marked valid)
+    anc = _structural_ancestors(parent)
     return jnp.all(jnp.where(anc, valid[:, None, :], True), axis=-1)
+
+
+def close_valid(tree: Tree) -> Tree:
+    """The tree with every node under an invalid node marked invalid (root kept valid)."""
+    return tree.replace(valid=_close_valid(tree.parent, tree.valid))
 
 
 def chain(root: jax.Array, drafts: jax.Array, num_valid: jax.Array | None = None) -> Tree:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from specjax import decode, trees, verify
+from specjax import decode, policies, trees, verify
 from specjax.bench.runner import GenResult, Generator
 from specjax.drafters.draft_model import DraftModel
 from specjax.models.config import ModelConfig
@@ -65,9 +65,17 @@ def autoregressive(ctx: BuildContext) -> Generator:
 
 
 def _spec_generator(name: str, ctx: BuildContext, drafter, verifier,
-                    draft_params=None) -> Generator:
-    """A `Generator` running `speculative_generate` with drafter x verifier."""
-    method = decode.Method(drafter=drafter, verifier=verifier)
+                    draft_params=None, policy=None) -> Generator:
+    """A `Generator` running `speculative_generate` with drafter x policy x verifier.
+
+    With a policy, `widths=1.2.4.9` (an override) sets the verification widths
+    (`decode.Method.widths`; default: 1..8, powers of two, N)."""
+    widths = ctx.args.get("widths") if policy is not None else None
+    if widths:
+        widths = tuple(int(w) for w in str(widths).split(".")) + (drafter.num_nodes,)
+        widths = tuple(sorted(set(w for w in widths if w <= drafter.num_nodes)))
+    method = decode.Method(drafter=drafter, verifier=verifier, policy=policy,
+                           widths=widths or None)
 
     def fn(ids):
         g = decode.speculative_generate(
@@ -80,9 +88,29 @@ def _spec_generator(name: str, ctx: BuildContext, drafter, verifier,
     return Generator(name, fn)
 
 
-def _draft_model_generator(name: str, ctx: BuildContext, drafter_of, verifier) -> Generator:
+def _policy(ctx: BuildContext, spec: str | None = None, max_k: int = 8):
+    """The policy named by `spec` (default: the `policy` override, "none").
+
+    `goodput` without `step_costs` measures them for this model pair at batch 1
+    (`policies.measure_step_costs`, k = 0..max_k).
+    """
+    spec = str(ctx.args.get("policy", "none") if spec is None else spec)
+    if spec.partition(":")[0] == "goodput" and "step_costs" not in spec:
+        dcfg, dparams = ctx.draft()
+        costs = policies.measure_step_costs(
+            DecoderLM(ctx.target_cfg), ctx.target_params, DecoderLM(dcfg), dparams,
+            batch=1, max_k=max_k)
+        sep = "," if ":" in spec else ":"
+        spec = f"{spec}{sep}step_costs={';'.join(f'{c:.4f}' for c in costs)}"
+    return policies.parse(spec)
+
+
+def _draft_model_generator(name: str, ctx: BuildContext, drafter_of, verifier,
+                           policy=None) -> Generator:
     dcfg, dparams = ctx.draft()
-    return _spec_generator(name, ctx, drafter_of(DecoderLM(dcfg)), verifier, dparams)
+    if policy is not None:
+        name = f"{name}+{type(policy).__name__}"
+    return _spec_generator(name, ctx, drafter_of(DecoderLM(dcfg)), verifier, dparams, policy)
 
 
 def _chain_verifier(sampling: Sampling):
@@ -90,9 +118,34 @@ def _chain_verifier(sampling: Sampling):
 
 
 def sd_chain(ctx: BuildContext) -> Generator:
+    """Chain of k drafts; `policy=NAME:key=value,...` adds a length policy
+    (`specjax.policies.parse`), e.g. sd_chain/k=8/policy=confidence:threshold=0.5."""
     k = int(ctx.args["k"])
     return _draft_model_generator(f"sd_chain(k={k})", ctx, lambda m: DraftModel.chain(m, k),
-                                  _chain_verifier(ctx.sampling))
+                                  _chain_verifier(ctx.sampling), _policy(ctx, max_k=k))
+
+
+def _adaptive_chain(label: str, policy_of: Callable[[dict], str]):
+    """A chain of `max_k` drafts (default 8) under the policy `policy_of(args)`."""
+
+    def build(ctx: BuildContext) -> Generator:
+        k = int(ctx.args.get("max_k", 8))
+        policy = _policy(ctx, policy_of(ctx.args), max_k=k)
+        return _draft_model_generator(f"{label}(max_k={k})", ctx,
+                                      lambda m: DraftModel.chain(m, k),
+                                      _chain_verifier(ctx.sampling), policy)
+
+    return build
+
+
+sd_schedule = _adaptive_chain(
+    "sd_schedule", lambda a: f"schedule:max_k={int(a.get('max_k', 8))},"
+                             f"initial={min(int(a.get('initial_k', 5)), int(a.get('max_k', 8)))}")
+sd_confidence = _adaptive_chain(
+    "sd_confidence", lambda a: f"confidence:threshold={float(a.get('threshold', 0.5))}")
+specdecpp = _adaptive_chain(
+    "specdecpp", lambda a: f"specdecpp:threshold={float(a.get('threshold', 0.3))}")
+smartspec = _adaptive_chain("smartspec", lambda a: "goodput")
 
 
 def sd_tree(ctx: BuildContext) -> Generator:
@@ -102,7 +155,7 @@ def sd_tree(ctx: BuildContext) -> Generator:
     verifier = verify.greedy if ctx.sampling.greedy else verify.tree_rrs(replacement=False)
     rule = "topk" if ctx.sampling.greedy else "without_replacement"
     return _draft_model_generator(f"sd_tree({ctx.args['tree']})", ctx,
-                                  lambda m: DraftModel(m, parents, rule), verifier)
+                                  lambda m: DraftModel(m, parents, rule), verifier, _policy(ctx))
 
 
 def _flag(value) -> bool:
@@ -259,6 +312,14 @@ REGISTRY: dict[str, MethodInfo] = {
                    "yes", "a draft model (or self_layers)", sd_chain),
         MethodInfo("sd_tree", "SpecInfer arXiv:2305.09781; RSD arXiv:2402.14160", "yes",
                    "a draft model (or self_layers)", sd_tree),
+        MethodInfo("sd_schedule", "HF assisted generation's heuristic K schedule", "yes",
+                   "a draft model (or self_layers)", sd_schedule),
+        MethodInfo("sd_confidence", "Kangaroo early stop, Liu et al. arXiv:2404.18911", "yes",
+                   "a draft model (or self_layers)", sd_confidence),
+        MethodInfo("specdecpp", "SpecDec++, Huang et al. arXiv:2405.19715 (draft-prob "
+                   "acceptance estimate)", "yes", "a draft model (or self_layers)", specdecpp),
+        MethodInfo("smartspec", "SmartSpec, Liu et al. arXiv:2406.14066", "yes",
+                   "a draft model (or self_layers); measures step costs", smartspec),
         MethodInfo("pld", "Saxena 2023 (prompt lookup); Spec-Bench arXiv:2401.07851", "yes",
                    "nothing", pld),
         MethodInfo("token_recycling", "Luo et al. arXiv:2408.08696", "yes", "nothing",

@@ -34,6 +34,7 @@ forward only when it happens).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -54,6 +55,7 @@ class DraftModelState:
     cache: Any  # the draft model's cache (committed tokens exclude the root)
     pending: jax.Array  # int32[B] a committed token not yet in the draft cache
     has_pending: jax.Array  # bool[B]
+    levels_run: jax.Array  # int32[] tree levels forwarded by the last proposal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +102,24 @@ class DraftModel:
         cache = self.model.init_cache(B, max_len)
         _, cache = self.model.prefill(params, tokens, lengths, cache)
         return DraftModelState(cache=cache, pending=jnp.zeros((B,), jnp.int32),
-                               has_pending=jnp.zeros((B,), bool))
+                               has_pending=jnp.zeros((B,), bool),
+                               levels_run=jnp.zeros((), jnp.int32))
 
-    def propose(self, params, state: DraftModelState, root, key, sampling: Sampling) -> Proposal:
+    # `speculative_loop` passes `expand` when the method has a policy (see
+    # `specjax.policies.base`): a level's draft forward is skipped when no row
+    # keeps a node of that level with room for children.
+    accepts_expand = True
+
+    def propose(self, params, state: DraftModelState, root, key, sampling: Sampling,
+                expand=None) -> Proposal:
+        """Drafts the tree level by level.
+
+        Args:
+          expand: optional `(tree, draft_probs) -> bool[B, N]`, a causal rule
+            saying which nodes' children may be kept. Level d is forwarded
+            (under a `lax.cond`) only if some row has such a node at depth d;
+            skipped levels leave their children as unused zero tokens.
+        """
         model, N = self.model, self.num_nodes
         B = root.shape[0]
         cache = jax.lax.cond(
@@ -119,9 +136,10 @@ class DraftModel:
         rel = jnp.arange(S)[None, :] - base[:, None]  # [B, S] slot relative to base
         in_tree = (rel >= 0) & (rel < N)
 
-        tokens = jnp.zeros((B, N), jnp.int32).at[:, 0].set(root)
-        q = jnp.zeros((B, N, model.vocab_size), jnp.float32)
-        for d, nodes in enumerate(levels[:-1]):
+        parent_rows = jnp.broadcast_to(jnp.asarray(parents, jnp.int32), (B, N))
+
+        def level(d, nodes, carry):  # one draft forward over the nodes of depth d
+            cache, tokens, q, key = carry
             T = len(nodes)
             # cache slots visible to node i: committed ones and its ancestors' provisional slots
             anc_rows = anc[nodes][:, jnp.clip(rel, 0, N - 1)]  # [T, B, S]
@@ -137,12 +155,26 @@ class DraftModel:
             children = levels[d + 1]
             tokens = tokens.at[:, children].set(
                 self._draw_children(sub, nodes, children, parents, logits, logq, sampling))
-        tree = trees.Tree(
-            tokens=tokens,
-            parent=jnp.broadcast_to(jnp.asarray(parents, jnp.int32), (B, N)),
-            valid=jnp.ones((B, N), bool),
-        )
-        return Proposal(tree=tree, draft_probs=q, state=state.replace(cache=cache))
+            return cache, tokens, q, key
+
+        carry = (cache, jnp.zeros((B, N), jnp.int32).at[:, 0].set(root),
+                 jnp.zeros((B, N, model.vocab_size), jnp.float32), key)
+        run = jnp.ones((), bool)  # every level so far was forwarded
+        levels_run = jnp.zeros((), jnp.int32)
+        for d, nodes in enumerate(levels[:-1]):
+            step = functools.partial(level, d, nodes)
+            if expand is None:
+                carry = step(carry)
+            else:
+                partial = trees.Tree(tokens=carry[1], parent=parent_rows,
+                                     valid=jnp.ones((B, N), bool))
+                run = run & jnp.any(expand(partial, carry[2])[:, nodes])
+                carry = jax.lax.cond(run, step, lambda c: c, carry)
+            levels_run = levels_run + run.astype(jnp.int32)
+        cache, tokens, q, _ = carry
+        tree = trees.Tree(tokens=tokens, parent=parent_rows, valid=jnp.ones((B, N), bool))
+        return Proposal(tree=tree, draft_probs=q,
+                        state=state.replace(cache=cache, levels_run=levels_run))
 
     def _draw_children(self, key, nodes, children, parents, logits, logq, sampling):
         """Tokens of the next level's nodes. logits/logq: [B, T, V] at `nodes`."""
@@ -165,13 +197,15 @@ class DraftModel:
 
     def update(self, params, state: DraftModelState, tree, result, target_logits):
         model = self.model
-        depth = len(self._levels()) - 1  # nodes at this depth were never forwarded
+        depth = len(self._levels()) - 1  # nodes at this depth are never forwarded
+        ran = state.levels_run  # nodes at depth >= ran were not forwarded this step
         n = result.num_accepted
-        written = jnp.minimum(n + 1, depth)
+        written = jnp.minimum(n + 1, ran)
         base = model.cache_length(state.cache)
         src = base[:, None] + result.path[:, :depth]
         cache = model.compact(state.cache, src, written)
-        has_pending = n >= depth
-        leaf = jnp.take_along_axis(result.path, jnp.full_like(n, depth)[:, None], axis=1)[:, 0]
+        has_pending = n >= ran  # the accepted leaf has no draft KV yet
+        leaf = jnp.take_along_axis(result.path, jnp.broadcast_to(ran, n.shape)[:, None],
+                                   axis=1)[:, 0]
         pending = jnp.take_along_axis(tree.tokens, leaf[:, None], axis=1)[:, 0]
-        return DraftModelState(cache=cache, pending=pending, has_pending=has_pending)
+        return state.replace(cache=cache, pending=pending, has_pending=has_pending)

@@ -284,7 +284,8 @@ class RASD:
         b = root.shape[0]
         cache = self._catch_up(dparams, state.cache, state.pending, state.pending_count)
         dstate = DraftModelState(cache=cache, pending=jnp.zeros((b,), jnp.int32),
-                                 has_pending=jnp.zeros((b,), bool))
+                                 has_pending=jnp.zeros((b,), bool),
+                                 levels_run=jnp.zeros((), jnp.int32))
         prop = self.draft.propose(dparams, dstate, root, key, RANKING)
         conts, lens = self.retrieval.retrieve(ds, state.history, root)
         lens = prune_continuations(conts, lens, prop.draft_probs[:, 0], self.prune_topk)

@@ -22,6 +22,8 @@ OVERRIDES = {  # small shapes: fast compiles
     "token_recycling": "tr_template=2.1", "aded": "aded_template=2.1/aded_slots=256",
     "sd_tree": "tree=2.1", "swift": "swift_ratio=0.5/swift_k=3",
     "retrieval": "ret_nodes=8/ret_depth=4", "rasd": "ret_nodes=8/ret_depth=4/rasd_nodes=12",
+    "sd_schedule": "max_k=3", "sd_confidence": "max_k=3", "specdecpp": "max_k=3",
+    "smartspec": "max_k=2",
 }
 
 
@@ -46,3 +48,17 @@ def test_method_builds_and_is_greedy_identical(setup, name):
     out = gen.fn(list(PROMPT))
     assert out.tokens == ref, f"{gen.name} differs from greedy decoding"
     assert 1 <= out.target_calls <= 11
+
+
+def test_policy_override_reaches_the_method(setup):
+    params, ref, _ = setup
+    info, over = registry.parse("sd_chain/k=3/policy=confidence:threshold=0.4")
+    ctx = registry.BuildContext(target_cfg=CFG, target_params=params, max_new_tokens=10,
+                                sampling=Sampling(), eos_ids=(), args={"self_layers": 1, **over})
+    gen = info.build(ctx)
+    assert "Confidence" in gen.name
+    assert gen.fn(list(PROMPT)).tokens == ref
+    with pytest.raises(ValueError, match="unknown policy"):
+        info.build(registry.BuildContext(
+            target_cfg=CFG, target_params=params, max_new_tokens=10, sampling=Sampling(),
+            eos_ids=(), args={"self_layers": 1, "k": 2, "policy": "sometimes"}))
