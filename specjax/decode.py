@@ -131,7 +131,7 @@ def append_tokens(
     return out, num, finished
 
 
-def _start(model, params, tokens, lengths, key, sampling, eos_ids, max_new_tokens, max_len):
+def start_loop(model, params, tokens, lengths, key, sampling, eos_ids, max_new_tokens, max_len):
     """Shared loop prologue: prefill, sample the first token from the target.
 
     Returns the initial loop carry: cache, key, out, num, last, done, calls
@@ -149,11 +149,11 @@ def _start(model, params, tokens, lengths, key, sampling, eos_ids, max_new_token
                 calls=jnp.ones((B,), jnp.int32), nan=jnp.isnan(logits).any(axis=-1))
 
 
-def _running(carry) -> jax.Array:
+def loop_running(carry) -> jax.Array:
     return ~jnp.all(carry["done"])
 
 
-def _output(carry) -> GenerateOutput:
+def loop_output(carry) -> GenerateOutput:
     return GenerateOutput(tokens=carry["out"], num_tokens=carry["num"],
                           target_calls=carry["calls"], nan_logits=carry["nan"])
 
@@ -174,7 +174,8 @@ def autoregressive_loop(
     max_len: int,
 ) -> GenerateOutput:
     """Jitted prefill + `lax.while_loop` of decode steps (see `autoregressive_generate`)."""
-    start = _start(model, params, tokens, lengths, key, sampling, eos_ids, max_new_tokens, max_len)
+    start = start_loop(model, params, tokens, lengths, key, sampling, eos_ids, max_new_tokens,
+                       max_len)
 
     def body(c):
         active = ~c["done"]
@@ -190,7 +191,7 @@ def autoregressive_loop(
             nan=c["nan"] | (active & jnp.isnan(logits).any(axis=-1)),
         )
 
-    return _output(jax.lax.while_loop(_running, body, start))
+    return loop_output(jax.lax.while_loop(loop_running, body, start))
 
 
 def raise_on_nan(out: GenerateOutput):
@@ -223,7 +224,7 @@ def to_generation(out: GenerateOutput) -> Generation:
     )
 
 
-def _prepare(model, prompts, max_new_tokens, max_len, extra=0):
+def prepare_prompts(model, prompts, max_new_tokens, max_len, extra=0):
     """Host-side checks and padding shared by the generate functions."""
     tokens, lengths = pad_prompts(prompts)
     check_tokens(tokens, model.vocab_size)
@@ -259,7 +260,7 @@ def autoregressive_generate(
       `Generation` with the new tokens of each row and its target forwards.
     """
     model = as_lm(model)
-    tokens, lengths, max_len = _prepare(model, prompts, max_new_tokens, max_len)
+    tokens, lengths, max_len = prepare_prompts(model, prompts, max_new_tokens, max_len)
     out = autoregressive_loop(
         params, tokens, lengths, jax.random.key(0) if key is None else key,
         model=model, max_new_tokens=max_new_tokens, sampling=sampling,
@@ -407,7 +408,7 @@ def speculative_loop(
     wants_kv = getattr(drafter, "wants_target_kv", False)
     # drafters that can skip draft forwards no kept node needs (`DraftModel`)
     gated = policy is not None and getattr(drafter, "accepts_expand", False)
-    start = _start(target, target_params, tokens, lengths, key, sampling, eos_ids,
+    start = start_loop(target, target_params, tokens, lengths, key, sampling, eos_ids,
                    max_new_tokens, max_len)
 
     def body(c):
@@ -459,8 +460,8 @@ def speculative_loop(
                 pstate=() if policy is None else policy.init(B),
                 hist=jnp.zeros((B, N), jnp.int32), verified=jnp.zeros((B,), jnp.int32),
                 width_steps=jnp.zeros((len(widths),), jnp.int32))
-    c = jax.lax.while_loop(_running, body, init)
-    return _output(c), SpecStats(target_calls=c["calls"], steps=c["calls"] - 1,
+    c = jax.lax.while_loop(loop_running, body, init)
+    return loop_output(c), SpecStats(target_calls=c["calls"], steps=c["calls"] - 1,
                                  accept_hist=c["hist"], verified=c["verified"],
                                  width_steps=c["width_steps"])
 
@@ -523,7 +524,7 @@ def speculative_generate(
             f"({target.vocab_size}); the draft must share the target's tokenizer"
         )
     method.verify_widths()  # malformed widths: ValueError before tracing
-    tokens, lengths, max_len = _prepare(target, prompts, max_new_tokens, max_len,
+    tokens, lengths, max_len = prepare_prompts(target, prompts, max_new_tokens, max_len,
                                         extra=method.drafter.num_nodes)
     gen, stats = speculative_loop(
         target_params, draft_params, tokens, lengths, jax.random.key(0) if key is None else key,

@@ -149,13 +149,55 @@ smartspec = _adaptive_chain("smartspec", lambda a: "goodput")
 
 
 def sd_tree(ctx: BuildContext) -> Generator:
-    """Top-k tree from the draft model (SpecInfer-style) with tree verification."""
-    branching = tuple(int(b) for b in str(ctx.args["tree"]).split("."))
-    parents = tuple(trees.template_topology(list(branching)).tolist())
+    """Tree from the draft model with tree verification. tree = per-depth branching
+    ("3.2.1.1", SpecInfer-style top-k) or "sequoia:PATH[@N]" (a Sequoia template written by
+    `python -m experiments.sequoia_tree`, arXiv:2402.12374)."""
+    spec = str(ctx.args["tree"])
+    if spec.startswith("sequoia:"):
+        from specjax import sequoia
+
+        parents = sequoia.template_parents(spec)
+        path, _ = sequoia.parse_spec(spec)
+        label = f"sequoia:{path.stem}@{len(parents) - 1}"
+    else:
+        branching = tuple(int(b) for b in spec.split("."))
+        parents = tuple(trees.template_topology(list(branching)).tolist())
+        label = spec
     verifier = verify.greedy if ctx.sampling.greedy else verify.tree_rrs(replacement=False)
     rule = "topk" if ctx.sampling.greedy else "without_replacement"
-    return _draft_model_generator(f"sd_tree({ctx.args['tree']})", ctx,
+    return _draft_model_generator(f"sd_tree({label})", ctx,
                                   lambda m: DraftModel(m, parents, rule), verifier, _policy(ctx))
+
+
+def sequoia_tree(ctx: BuildContext) -> Generator:
+    """Sequoia static tree: sequoia_tree=PATH[@N] (a template file, `experiments.sequoia_tree`)."""
+    if not ctx.args.get("sequoia_tree"):
+        raise ValueError("this method needs sequoia_tree=PATH[@N] (write one with "
+                         "`python -m experiments.sequoia_tree --out=PATH`)")
+    return sd_tree(dataclasses.replace(
+        ctx, args={**ctx.args, "tree": f"sequoia:{ctx.args['sequoia_tree']}"}))
+
+
+def pearl(ctx: BuildContext) -> Generator:
+    """PEARL: pearl_gamma ("auto" = measured target/draft forward-time ratio, else an int;
+    default: k)."""
+    from specjax import pearl as pearl_lib
+
+    dcfg, dparams = ctx.draft()
+    spec = str(ctx.args.get("pearl_gamma", ctx.args.get("k", "auto")))
+    gamma = (pearl_lib.measure_gamma(ctx.target_cfg, ctx.target_params, dcfg, dparams)
+             if spec == "auto" else int(spec))
+    verifier = _chain_verifier(ctx.sampling)
+
+    def fn(ids):
+        g = pearl_lib.pearl_generate(
+            ctx.target_params, ctx.target_cfg, [ids], draft=dcfg, draft_params=dparams,
+            gamma=gamma, verifier=verifier, max_new_tokens=ctx.max_new_tokens,
+            sampling=ctx.sampling, key=jax.random.key(ctx.seed), eos_ids=ctx.eos_ids)
+        return GenResult(tokens=g.tokens[0], target_calls=int(g.target_calls[0]),
+                         steps=int(g.steps[0]), accept_hist=g.accept_hist[0].tolist())
+
+    return Generator(f"pearl(gamma={gamma})", fn)
 
 
 def _flag(value) -> bool:
@@ -312,6 +354,11 @@ REGISTRY: dict[str, MethodInfo] = {
                    "yes", "a draft model (or self_layers)", sd_chain),
         MethodInfo("sd_tree", "SpecInfer arXiv:2305.09781; RSD arXiv:2402.14160", "yes",
                    "a draft model (or self_layers)", sd_tree),
+        MethodInfo("sequoia", "Sequoia, Chen et al. arXiv:2402.12374", "yes",
+                   "a draft model (or self_layers) + a template (sequoia_tree=PATH[@N])",
+                   sequoia_tree),
+        MethodInfo("pearl", "PEARL, Liu et al. arXiv:2408.11850 (parallel draft/verify, "
+                   "adaptive length)", "yes", "a draft model (or self_layers)", pearl),
         MethodInfo("sd_schedule", "HF assisted generation's heuristic K schedule", "yes",
                    "a draft model (or self_layers)", sd_schedule),
         MethodInfo("sd_confidence", "Kangaroo early stop, Liu et al. arXiv:2404.18911", "yes",

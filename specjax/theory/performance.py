@@ -175,56 +175,100 @@ def tree_expected_tokens(parents, acceptance) -> float:
     return float(1.0 + reach.sum())
 
 
-def optimal_tree(acceptance, num_nodes: int) -> tuple[float, np.ndarray]:
-    """Best tree of `num_nodes` draft nodes under per-rank positional acceptance.
+def _check_acceptance(acceptance) -> np.ndarray:
+    acc = np.asarray(acceptance, dtype=np.float64)
+    if acc.ndim != 1 or acc.size == 0:
+        raise ValueError(f"acceptance must be a non-empty 1-D vector, got shape {acc.shape}")
+    if not np.all(np.isfinite(acc)) or np.any(acc < 0) or acc.sum() > 1 + 1e-9:
+        raise ValueError(f"acceptance must be finite, non-negative and sum to <= 1, got {acc}")
+    return acc
 
-    Sequoia's dynamic programme (arXiv:2402.12374, Sec. 3.1): with F(m) the
-    best expected tokens of a subtree with m nodes including its root,
-    F(m) = 1 + max over (m_1, ..., m_K) summing to m - 1 of
-    sum_k acceptance[k] F(m_k), F(0) = 0. O(num_nodes^2 K).
+
+def optimal_tree(acceptance, num_nodes: int, max_depth: int | None = None
+                 ) -> tuple[float, np.ndarray]:
+    """Best draft tree of at most `num_nodes` drafts and depth <= `max_depth`.
+
+    Sequoia's dynamic programme (arXiv:2402.12374, Sec. 3.1) with a depth
+    bound: with F_d(m) the best value of a subtree of at most m nodes
+    (its root included) and at most d levels below its root,
+
+        F_d(m) = 1 + S_d(0, m - 1),   F_d(0) = 0,   F_0(m >= 1) = 1,
+        S_d(k, r) = max(0, max_{1 <= j <= r} acceptance[k] F_{d-1}(j) + S_d(k + 1, r - j)),
+
+    where S_d(k, r) places the children of ranks k, k + 1, ... with r nodes.
+    A child of rank k exists only if ranks 0..k-1 do (`DraftModel` ranks
+    siblings by index), so "stop" is the only alternative to giving rank k at
+    least one node. This also makes the programme exact for acceptance vectors
+    that are not non-increasing (a programme that lets a rank be skipped
+    overstates the value of the tree it returns). O(D K N^2) with N = num_nodes, D = the depth
+    bound (the loop stops once deeper trees stop helping).
 
     Args:
-      acceptance: [K] per-rank marginal acceptance (depth-independent).
-      num_nodes: number of draft nodes (excluding the root).
+      acceptance: [K] per-rank acceptance (non-negative, sum <= 1).
+      num_nodes: draft-node budget (>= 0, root excluded).
+      max_depth: deepest draft level allowed (the root's children are level
+        1); None = unbounded. A tree of depth D costs D draft forwards.
 
     Returns:
-      (E, parents): the optimal expected tokens (incl. bonus, = F(num_nodes + 1))
-      and one optimal tree as a BFS parent array.
+      (E, parents): the expected tokens per target call (bonus included,
+      = `tree_expected_tokens`) and the tree as a BFS parent array of the
+      draft nodes (-1 for the root's children, as `tree_expected_tokens`
+      takes); it may have fewer than `num_nodes` nodes when more nodes add
+      nothing (zero acceptance). `sequoia.optimal_tree` returns the
+      `specjax.trees` form (root included).
     """
-    acc = np.asarray(acceptance, dtype=np.float64)
-    if acc.ndim != 1 or np.any(acc < 0) or acc.sum() > 1 + 1e-9:
-        raise ValueError("acceptance must be [K], non-negative, summing to <= 1")
-    K, total = acc.shape[0], int(num_nodes) + 1
-    best = np.zeros(total + 1)  # F(m)
-    # split[k, m]: best value of giving m nodes to the children of rank >= k.
-    split = np.zeros((K + 1, total + 1))
-    choice = np.zeros((K + 1, total + 1), dtype=np.int64)
-    for m in range(1, total + 1):
-        best[m] = 1.0 + split[0, m - 1]
-        for k in range(K - 1, -1, -1):  # refresh splits that can now use F(m)
-            js = np.arange(m + 1)
-            vals = acc[k] * best[js] + split[k + 1, m - js]
-            choice[k, m] = int(np.argmax(vals))
-            split[k, m] = vals[choice[k, m]]
-    parents: list[int] = []
+    acc = _check_acceptance(acceptance)
+    if int(num_nodes) != num_nodes or num_nodes < 0:
+        raise ValueError(f"num_nodes must be an integer >= 0, got {num_nodes}")
+    if max_depth is not None and (int(max_depth) != max_depth or max_depth < 0):
+        raise ValueError(f"max_depth must be None or an integer >= 0, got {max_depth}")
+    total, K = int(num_nodes) + 1, acc.shape[0]
+    depth_bound = total - 1 if max_depth is None else min(int(max_depth), total - 1)
+    r = np.arange(total)
+    jj = np.arange(1, total)  # nodes given to one child
+    fits = jj[None, :] <= r[:, None]  # [r, j]
+    rest = np.clip(r[:, None] - jj[None, :], 0, None)  # [r, j] nodes left for higher ranks
+    F = np.minimum(np.arange(total + 1), 1).astype(np.float64)  # F_0(m) = [m >= 1]
+    choices = []  # per level d >= 1: choice[k, r] = nodes of rank k (0 = stop)
+    for _ in range(depth_bound):
+        S = np.zeros((K + 1, total))
+        choice = np.zeros((K, total), np.int64)
+        for k in range(K - 1, -1, -1):
+            vals = np.where(fits, acc[k] * F[jj][None, :] + S[k + 1][rest], -np.inf)  # [r, j]
+            vals = np.concatenate([np.zeros((total, 1)), vals], axis=1)  # column 0: stop
+            choice[k] = np.argmax(vals, axis=1)  # ties: stop, then the fewest nodes
+            S[k] = vals[r, choice[k]]
+        new_F = np.concatenate([[0.0], 1.0 + S[0]])
+        choices.append(choice)
+        if np.array_equal(new_F, F):  # deeper subtrees no longer help
+            break
+        F = new_F
 
-    def build(root: int, size: int) -> list[tuple[int, int]]:
-        subtrees, left = [], size - 1
+    def children(level: int, size: int) -> list[tuple[int, int]]:
+        """(level, size) of the children of a subtree root with `size` nodes, in rank order."""
+        if level == 0:
+            return []
+        choice, left, out = choices[level - 1], size - 1, []
         for k in range(K):
             take = int(choice[k, left])
-            if take:
-                subtrees.append((root, take))
+            if take == 0:
+                break
+            out.append((level - 1, take))
             left -= take
-        return subtrees
+        return out
 
-    queue = build(-1, total)
-    while queue:  # BFS: emit children of one node, then expand them in order
+    parents = [-1]
+    queue = [(0, len(choices), total)]  # (node index, levels left below it, node budget)
+    while queue:  # BFS: emit the children of every node of a level, in order
         nxt = []
-        for par, size in queue:
-            parents.append(par)
-            nxt.extend(build(len(parents) - 1, size))
+        for node, level, size in queue:
+            for child_level, child_size in children(level, size):
+                parents.append(node)
+                nxt.append((len(parents) - 1, child_level, child_size))
         queue = nxt
-    return float(best[total]), np.asarray(parents, dtype=np.int64)
+    draft_parents = np.asarray(parents[1:], np.int64) - 1  # drop the root
+    return tree_expected_tokens(draft_parents, acc), draft_parents
+
 
 
 def cascade_speedup(alphas, costs, verify_cost: VerifyCost = None) -> float:

@@ -8,7 +8,7 @@ parsing, not speed.
 import jax
 import pytest
 
-from specjax import decode
+from specjax import decode, sequoia
 from specjax.bench import registry
 from specjax.drafters.retrieval import build_datastore, save_datastore
 from specjax.models.config import ModelConfig
@@ -23,7 +23,7 @@ OVERRIDES = {  # small shapes: fast compiles
     "sd_tree": "tree=2.1", "swift": "swift_ratio=0.5/swift_k=3",
     "retrieval": "ret_nodes=8/ret_depth=4", "rasd": "ret_nodes=8/ret_depth=4/rasd_nodes=12",
     "sd_schedule": "max_k=3", "sd_confidence": "max_k=3", "specdecpp": "max_k=3",
-    "smartspec": "max_k=2",
+    "smartspec": "max_k=2", "pearl": "pearl_gamma=2",
 }
 
 
@@ -33,15 +33,19 @@ def setup(tmp_path_factory):
     ref = decode.autoregressive_generate(params, CFG, [PROMPT], max_new_tokens=10).tokens[0]
     path = tmp_path_factory.mktemp("ds") / "ds.npz"
     save_datastore(build_datastore([PROMPT + ref, [5, 6, 7, 8, 9] * 4], CFG.vocab_size), path)
-    return params, ref, str(path)
+    tree = path.parent / "sequoia.json"
+    sequoia.save_templates(tree, [sequoia.make_template([0.5, 0.2], 4, target="tiny",
+                                                        draft="self:1", sampling=Sampling())])
+    return params, ref, str(path), str(tree)
 
 
 @pytest.mark.parametrize("name", sorted(registry.REGISTRY))
 def test_method_builds_and_is_greedy_identical(setup, name):
-    params, ref, datastore = setup
+    params, ref, datastore, tree = setup
     spec = name + ("/" + OVERRIDES[name] if name in OVERRIDES else "")
     info, over = registry.parse(spec)
-    args = {"self_layers": 1, "k": 2, "tree": "2.2", "datastore": datastore, **over}
+    args = {"self_layers": 1, "k": 2, "tree": "2.2", "datastore": datastore,
+            "sequoia_tree": tree, **over}
     ctx = registry.BuildContext(target_cfg=CFG, target_params=params, max_new_tokens=10,
                                 sampling=Sampling(), eos_ids=(), args=args)
     gen = info.build(ctx)
@@ -51,7 +55,7 @@ def test_method_builds_and_is_greedy_identical(setup, name):
 
 
 def test_policy_override_reaches_the_method(setup):
-    params, ref, _ = setup
+    params, ref, _, _ = setup
     info, over = registry.parse("sd_chain/k=3/policy=confidence:threshold=0.4")
     ctx = registry.BuildContext(target_cfg=CFG, target_params=params, max_new_tokens=10,
                                 sampling=Sampling(), eos_ids=(), args={"self_layers": 1, **over})
