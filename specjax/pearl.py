@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import statistics
-import time
 from typing import Any, Sequence
 
 import flax.struct
@@ -66,6 +64,7 @@ from specjax.models import decoder
 from specjax.models.config import ModelConfig
 from specjax.models.lm import LanguageModel, as_lm
 from specjax.sampling import GREEDY, Sampling, process_logits
+from specjax.timing import forward_time
 
 
 # --------------------------------------------------------------------------
@@ -89,28 +88,6 @@ def choose_gamma(target_time: float, draft_time: float, *, max_gamma: int = 16) 
     if max_gamma < 2:
         raise ValueError(f"max_gamma must be >= 2, got {max_gamma}")
     return int(min(max_gamma, max(2, round(target_time / draft_time))))
-
-
-def forward_time(model: ModelConfig | LanguageModel, params, *, num_tokens: int = 1,
-                 batch: int = 1, context: int = 64, repeats: int = 5) -> float:
-    """Median wall time (s) of one jitted forward of `num_tokens` new tokens
-    against a cache holding `context` tokens (compilation excluded)."""
-    lm = as_lm(model)
-    cache = lm.init_cache(batch, context + num_tokens + 1)
-    tokens = jnp.zeros((batch, context), jnp.int32)
-    _, cache = jax.jit(lm.prefill)(params, tokens, jnp.full((batch,), context, jnp.int32), cache)
-    new = jnp.ones((batch, num_tokens), jnp.int32)
-    pos = context + jnp.broadcast_to(jnp.arange(num_tokens), (batch, num_tokens))
-    mask = decoder.attention_mask(lm.cache_length(cache), lm.max_len(cache),
-                                  decoder.causal_mask(batch, num_tokens))
-    fwd = jax.jit(lambda p, c: lm.forward(p, new, pos, c, mask)[0])
-    jax.block_until_ready(fwd(params, cache))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fwd(params, cache))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def measure_gamma(target: ModelConfig | LanguageModel, target_params,

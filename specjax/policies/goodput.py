@@ -22,7 +22,6 @@ Lossless: the choice of k depends only on past steps (see
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Sequence
 
 import flax.struct
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.models import decoder
+from specjax.timing import forward_time
 from specjax.policies.base import Policy
 
 
@@ -120,26 +119,10 @@ def measure_step_costs(target, target_params, draft, draft_params, *, batch: int
 
     Times (median of `reps`, after a compile run) one target forward over
     k + 1 tokens for k = 0..max_k and one draft forward over 1 token, all with
-    `context` tokens in the cache, and combines them with `step_costs`.
+    `context` tokens in the cache (`specjax.timing.forward_time`), and combines
+    them with `step_costs`.
     """
-
-    def forward_seconds(lm, params, width):
-        cache = lm.init_cache(batch, context + width)
-        S = lm.max_len(cache)
-        if hasattr(cache, "length"):
-            cache = cache.replace(length=jnp.full((batch,), context, jnp.int32))
-        tokens = jnp.zeros((batch, width), jnp.int32)
-        positions = context + jnp.broadcast_to(jnp.arange(width), (batch, width))
-        mask = decoder.attention_mask(jnp.full((batch,), context, jnp.int32), S,
-                                      decoder.causal_mask(batch, width))
-        fn = jax.jit(lambda p, c: lm.forward(p, tokens, positions, c, mask)[0])
-        jax.block_until_ready(fn(params, cache))
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(params, cache))
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
-
-    verify = [forward_seconds(target, target_params, k + 1) for k in range(max_k + 1)]
-    return step_costs(forward_seconds(draft, draft_params, 1), verify)
+    timing = dict(batch=batch, context=context, repeats=reps)
+    verify = [forward_time(target, target_params, num_tokens=k + 1, **timing)
+              for k in range(max_k + 1)]
+    return step_costs(forward_time(draft, draft_params, num_tokens=1, **timing), verify)

@@ -1,0 +1,41 @@
+"""Measured forward costs: the numbers the cost-aware policies and PEARL's window use.
+
+`forward_time` times one jitted forward of T new tokens against a cache of a
+given length (compilation excluded, median of repeats). `policies.Goodput`
+(SmartSpec) builds its batch-time model from it and `pearl.choose_gamma` its
+window length.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from specjax.models import decoder
+from specjax.models.config import ModelConfig
+from specjax.models.lm import LanguageModel, as_lm
+
+
+def forward_time(model: ModelConfig | LanguageModel, params, *, num_tokens: int = 1,
+                 batch: int = 1, context: int = 64, repeats: int = 5) -> float:
+    """Median wall time (s) of one jitted forward of `num_tokens` new tokens
+    against a cache holding `context` tokens (compilation excluded)."""
+    lm = as_lm(model)
+    cache = lm.init_cache(batch, context + num_tokens + 1)
+    tokens = jnp.zeros((batch, context), jnp.int32)
+    _, cache = jax.jit(lm.prefill)(params, tokens, jnp.full((batch,), context, jnp.int32), cache)
+    new = jnp.ones((batch, num_tokens), jnp.int32)
+    pos = context + jnp.broadcast_to(jnp.arange(num_tokens), (batch, num_tokens))
+    mask = decoder.attention_mask(lm.cache_length(cache), lm.max_len(cache),
+                                  decoder.causal_mask(batch, num_tokens))
+    fwd = jax.jit(lambda p, c: lm.forward(p, new, pos, c, mask)[0])
+    jax.block_until_ready(fwd(params, cache))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fwd(params, cache))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
