@@ -178,6 +178,20 @@ def sequoia_tree(ctx: BuildContext) -> Generator:
         ctx, args={**ctx.args, "tree": f"sequoia:{ctx.args['sequoia_tree']}"}))
 
 
+def rsd_s(ctx: BuildContext) -> Generator:
+    """RSD-S: stochastic-beam-search draft tree (greedy: deterministic beam search).
+    Overrides: beam (W, 3), depth (D, 4), log_threshold (none)."""
+    from specjax.drafters.stochastic_beam import StochasticBeam
+
+    w, d = int(ctx.args.get("beam", 3)), int(ctx.args.get("depth", 4))
+    thr = ctx.args.get("log_threshold")
+    thr = None if thr in (None, "", "none") else float(thr)
+    verifier = (verify.greedy if ctx.sampling.greedy
+                else verify.tree_rrs(replacement=False, max_children=w))
+    return _draft_model_generator(f"rsd_s(W={w},D={d})", ctx,
+                                  lambda m: StochasticBeam(m, w, d, thr), verifier)
+
+
 def pearl(ctx: BuildContext) -> Generator:
     """PEARL: pearl_gamma ("auto" = measured target/draft forward-time ratio, else an int;
     default: k)."""
@@ -357,6 +371,8 @@ REGISTRY: dict[str, MethodInfo] = {
         MethodInfo("sequoia", "Sequoia, Chen et al. arXiv:2402.12374", "yes",
                    "a draft model (or self_layers) + a template (sequoia_tree=PATH[@N])",
                    sequoia_tree),
+        MethodInfo("rsd_s", "RSD-S, Jeon et al. arXiv:2402.14160 (stochastic beam search, Kool "
+                   "et al. arXiv:1903.06059)", "yes", "a draft model (or self_layers)", rsd_s),
         MethodInfo("pearl", "PEARL, Liu et al. arXiv:2408.11850 (parallel draft/verify, "
                    "adaptive length)", "yes", "a draft model (or self_layers)", pearl),
         MethodInfo("sd_schedule", "HF assisted generation's heuristic K schedule", "yes",

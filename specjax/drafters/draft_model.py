@@ -122,12 +122,7 @@ class DraftModel:
         """
         model, N = self.model, self.num_nodes
         B = root.shape[0]
-        cache = jax.lax.cond(
-            jnp.any(state.has_pending),
-            lambda c: model.decode_step(params, state.pending, c, state.has_pending)[1],
-            lambda c: c,
-            state.cache,
-        )
+        cache = feed_pending(model, params, state)
         base = model.cache_length(cache)  # [B]
         S = model.max_len(cache)
         parents = np.asarray(self.parents)
@@ -198,16 +193,44 @@ class DraftModel:
         return ranked[:, par, rank].astype(jnp.int32)
 
     def update(self, params, state: DraftModelState, tree, result, target_logits):
-        model = self.model
         depth = len(self._levels()) - 1  # nodes at this depth are never forwarded
-        ran = state.levels_run  # nodes at depth >= ran were not forwarded this step
-        n = result.num_accepted
-        written = jnp.minimum(n + 1, ran)
-        base = model.cache_length(state.cache)
-        src = base[:, None] + result.path[:, :depth]
-        cache = model.compact(state.cache, src, written)
-        has_pending = n >= ran  # the accepted leaf has no draft KV yet
-        leaf = jnp.take_along_axis(result.path, jnp.broadcast_to(ran, n.shape)[:, None],
-                                   axis=1)[:, 0]
-        pending = jnp.take_along_axis(tree.tokens, leaf[:, None], axis=1)[:, 0]
-        return state.replace(cache=cache, pending=pending, has_pending=has_pending)
+        return commit_path(self.model, state, tree, result, depth, state.levels_run)
+
+
+def feed_pending(model: LanguageModel, params, state):
+    """The draft cache with each row's pending token (if any) appended, one
+    draft forward under a `lax.cond` so it costs nothing when no row has one.
+
+    `state` has fields cache, pending int32[B], has_pending bool[B].
+    """
+    return jax.lax.cond(
+        jnp.any(state.has_pending),
+        lambda c: model.decode_step(params, state.pending, c, state.has_pending)[1],
+        lambda c: c,
+        state.cache,
+    )
+
+
+def commit_path(model: LanguageModel, state, tree, result, max_depth: int, forwarded):
+    """After verification: keeps the accepted path's provisional draft keys/values.
+
+    Drafters that write node i's keys/values at slot `length + i` (DraftModel,
+    DySpec, RSD-S) compact the accepted path's slots into place. Nodes at depth
+    >= `forwarded` (static int or int32[]) were never run through the draft
+    model; if the path ends at such a node, its token becomes `pending`, fed by
+    `feed_pending` at the next proposal.
+
+    Args:
+      state: has fields cache, pending, has_pending (returned replaced).
+      tree, result: the verified tree and its `VerifyResult`.
+      max_depth: static bound on the path depth (the tree's depth).
+      forwarded: levels 0..forwarded-1 have draft keys/values.
+    """
+    n = result.num_accepted
+    base = model.cache_length(state.cache)
+    src = base[:, None] + result.path[:, :max_depth]
+    cache = model.compact(state.cache, src, jnp.minimum(n + 1, forwarded))
+    leaf = jnp.take_along_axis(result.path, jnp.broadcast_to(forwarded, n.shape)[:, None],
+                               axis=1)[:, 0]
+    pending = jnp.take_along_axis(tree.tokens, leaf[:, None], axis=1)[:, 0]
+    return state.replace(cache=cache, pending=pending, has_pending=n >= forwarded)

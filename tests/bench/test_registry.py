@@ -23,7 +23,7 @@ OVERRIDES = {  # small shapes: fast compiles
     "sd_tree": "tree=2.1", "swift": "swift_ratio=0.5/swift_k=3",
     "retrieval": "ret_nodes=8/ret_depth=4", "rasd": "ret_nodes=8/ret_depth=4/rasd_nodes=12",
     "sd_schedule": "max_k=3", "sd_confidence": "max_k=3", "specdecpp": "max_k=3",
-    "smartspec": "max_k=2", "pearl": "pearl_gamma=2",
+    "smartspec": "max_k=2", "pearl": "pearl_gamma=2", "rsd_s": "beam=2/depth=2",
 }
 
 
