@@ -13,7 +13,6 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import numpy as np
 
 from specjax import decode, policies, trees, verify
 from specjax.bench.runner import GenResult, Generator
@@ -176,6 +175,22 @@ def sequoia_tree(ctx: BuildContext) -> Generator:
                          "`python -m experiments.sequoia_tree --out=PATH`)")
     return sd_tree(dataclasses.replace(
         ctx, args={**ctx.args, "tree": f"sequoia:{ctx.args['sequoia_tree']}"}))
+
+
+def dyspec(ctx: BuildContext) -> Generator:
+    """DySpec dynamic tree from the draft model: overrides dyspec_nodes (16), dyspec_k (8),
+    dyspec_per_round (4; 1 = the paper's one node per draft forward)."""
+    from specjax.drafters.dyspec import DySpec
+
+    a = ctx.args
+    dcfg, dparams = ctx.draft()
+    d = DySpec(DecoderLM(dcfg), num_nodes=int(a.get("dyspec_nodes", 16)),
+               top_k=int(a.get("dyspec_k", 8)),
+               nodes_per_round=int(a.get("dyspec_per_round", 4)))
+    verifier = (verify.greedy if ctx.sampling.greedy
+                else verify.tree_rrs(replacement=False, max_children=d.max_children))
+    return _spec_generator(f"dyspec(N={d.num_nodes},R={d.nodes_per_round})", ctx, d,
+                           verifier, dparams)
 
 
 def rsd_s(ctx: BuildContext) -> Generator:
@@ -371,6 +386,8 @@ REGISTRY: dict[str, MethodInfo] = {
         MethodInfo("sequoia", "Sequoia, Chen et al. arXiv:2402.12374", "yes",
                    "a draft model (or self_layers) + a template (sequoia_tree=PATH[@N])",
                    sequoia_tree),
+        MethodInfo("dyspec", "DySpec, Xiong et al. arXiv:2410.11744", "yes",
+                   "a draft model (or self_layers)", dyspec),
         MethodInfo("rsd_s", "RSD-S, Jeon et al. arXiv:2402.14160 (stochastic beam search, Kool "
                    "et al. arXiv:1903.06059)", "yes", "a draft model (or self_layers)", rsd_s),
         MethodInfo("pearl", "PEARL, Liu et al. arXiv:2408.11850 (parallel draft/verify, "

@@ -24,6 +24,7 @@ OVERRIDES = {  # small shapes: fast compiles
     "retrieval": "ret_nodes=8/ret_depth=4", "rasd": "ret_nodes=8/ret_depth=4/rasd_nodes=12",
     "sd_schedule": "max_k=3", "sd_confidence": "max_k=3", "specdecpp": "max_k=3",
     "smartspec": "max_k=2", "pearl": "pearl_gamma=2", "rsd_s": "beam=2/depth=2",
+    "dyspec": "dyspec_nodes=6/dyspec_k=2/dyspec_per_round=2",
 }
 
 
