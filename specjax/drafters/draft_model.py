@@ -122,14 +122,10 @@ class DraftModel:
         """
         model, N = self.model, self.num_nodes
         B = root.shape[0]
-        cache = feed_pending(model, params, state)
-        base = model.cache_length(cache)  # [B]
-        S = model.max_len(cache)
+        cache, base, rel, in_tree = provisional_slots(model, params, state, N)
         parents = np.asarray(self.parents)
         levels = self._levels()
         anc = jnp.asarray(self._strict_ancestors())  # [N, N]
-        rel = jnp.arange(S)[None, :] - base[:, None]  # [B, S] slot relative to base
-        in_tree = (rel >= 0) & (rel < N)
 
         parent_rows = jnp.broadcast_to(jnp.asarray(parents, jnp.int32), (B, N))
 
@@ -209,6 +205,21 @@ def feed_pending(model: LanguageModel, params, state):
         lambda c: c,
         state.cache,
     )
+
+
+def provisional_slots(model: LanguageModel, params, state, num_nodes: int):
+    """Start of a proposal of drafters that write node i at cache slot `base + i`.
+
+    Feeds the pending token (`feed_pending`), then locates the tree's slots.
+
+    Returns:
+      (cache, base int32[B] committed length, rel int32[B, S] slot index
+      relative to base, in_tree bool[B, S] the tree's provisional slots).
+    """
+    cache = feed_pending(model, params, state)
+    base = model.cache_length(cache)  # [B]
+    rel = jnp.arange(model.max_len(cache))[None, :] - base[:, None]  # [B, S]
+    return cache, base, rel, (rel >= 0) & (rel < num_nodes)
 
 
 def commit_path(model: LanguageModel, state, tree, result, max_depth: int, forwarded):

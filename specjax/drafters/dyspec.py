@@ -98,7 +98,7 @@ import jax.numpy as jnp
 
 from specjax import trees
 from specjax.drafters.base import Proposal
-from specjax.drafters.draft_model import feed_pending
+from specjax.drafters.draft_model import provisional_slots
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 
@@ -280,11 +280,8 @@ class DySpec:
         """Grows one tree per row: run the root, then rounds of select R + run them."""
         model, N, K, R = self.model, self.num_nodes, self.max_children, self.nodes_per_round
         B, V = root.shape[0], model.vocab_size
-        cache = feed_pending(model, params, state)
-        base = model.cache_length(cache)  # [B]
+        cache, base, rel, in_tree = provisional_slots(model, params, state, N)
         S = model.max_len(cache)
-        rel = jnp.arange(S)[None, :] - base[:, None]  # [B, S] slot relative to base
-        in_tree = (rel >= 0) & (rel < N)
         rows = jnp.arange(B)[:, None]
 
         def run(g: _Grow, nodes: jax.Array) -> _Grow:

@@ -71,7 +71,7 @@ import jax.numpy as jnp
 
 from specjax import trees
 from specjax.drafters.base import Proposal
-from specjax.drafters.draft_model import commit_path, feed_pending
+from specjax.drafters.draft_model import commit_path, provisional_slots
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 
@@ -243,11 +243,8 @@ class StochasticBeam:
         """Drafts the beam tree depth by depth (one draft forward per depth < D)."""
         model, W, D, N = self.model, self.beam_width, self.depth, self.num_nodes
         B, V = root.shape[0], model.vocab_size
-        cache = feed_pending(model, params, state)
-        base = model.cache_length(cache)  # [B]
+        cache, base, rel, in_tree = provisional_slots(model, params, state, N)
         S = model.max_len(cache)
-        rel = jnp.arange(S)[None, :] - base[:, None]  # [B, S] slot relative to base
-        in_tree = (rel >= 0) & (rel < N)
         noise = None if sampling.greedy else self.gumbels(key, B)
 
         tokens = jnp.zeros((B, N), jnp.int32).at[:, 0].set(root)

@@ -139,6 +139,18 @@ def check_greedy_identity(tiny, make_method, rows=(0, 2), min_tau=1.2, draft_par
     return batch
 
 
+def node_paths(tree, b, nodes):
+    """Root-to-node token lists of `nodes` in row b of a (host) tree, root first."""
+    paths = []
+    for i in nodes:
+        path, j = [], int(i)
+        while j >= 0:
+            path.append(int(tree.tokens[b, j]))
+            j = int(tree.parent[b, j])
+        paths.append(path[::-1])
+    return paths
+
+
 @pytest.fixture(scope="session")
 def markov_law():
     return MarkovLaw

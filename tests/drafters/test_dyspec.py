@@ -20,7 +20,7 @@ from specjax.models.lm import DecoderLM, MarkovLM
 from specjax.models.params import first_layers
 from specjax.sampling import GREEDY, Sampling, process_logits
 from specjax.verify.result import VerifyResult
-from tests.drafters.conftest import check_greedy_identity
+from tests.drafters.conftest import check_greedy_identity, node_paths
 
 # ----------------------------------------------------------------------------
 # Plain-Python reference (float64) of the expansion of one row.
@@ -156,13 +156,7 @@ def test_draft_cache_tracks_the_committed_text(tiny, sampling, R):
         trees.check_tree(prop.tree, cfg.vocab_size)
         for b in range(B):
             nodes = [i for i in np.flatnonzero(tree.valid[b]) if i < d.num_run]
-            paths = []
-            for i in nodes:
-                path, j = [], i
-                while j >= 0:
-                    path.append(int(tree.tokens[b, j]))
-                    j = int(tree.parent[b, j])
-                paths.append(rows[b] + path[::-1])
+            paths = [rows[b] + path for path in node_paths(tree, b, nodes)]
             ids = np.zeros((d.num_nodes, 128), np.int32)  # fixed shape: prefill compiles once
             lengths = np.ones((d.num_nodes,), np.int32)
             for k, p in enumerate(paths):

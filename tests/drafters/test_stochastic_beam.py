@@ -22,7 +22,7 @@ from specjax.models.lm import DecoderLM, MarkovLM
 from specjax.models.params import first_layers
 from specjax.sampling import GREEDY, Sampling, process_logits
 from specjax.verify.result import VerifyResult
-from tests.drafters.conftest import check_greedy_identity
+from tests.drafters.conftest import check_greedy_identity, node_paths
 
 # ----------------------------------------------------------------------------
 # Plain-Python reference (float64).
@@ -159,13 +159,7 @@ def test_draft_cache_tracks_the_committed_text(tiny, sampling):
         tree = prop.tree
         for b in range(B):
             nodes = [i for i in np.flatnonzero(tree.valid[b]) if i < 1 + W * (D - 1)]
-            paths = []
-            for i in nodes:
-                path, j = [], i
-                while j >= 0:
-                    path.append(int(tree.tokens[b, j]))
-                    j = int(tree.parent[b, j])
-                paths.append(rows[b] + path[::-1])
+            paths = [rows[b] + path for path in node_paths(tree, b, nodes)]
             padded = paths + [[0]] * (inner - len(paths))  # fixed shapes: one compile
             ids = jnp.asarray([p + [0] * (L - len(p)) for p in padded], jnp.int32)
             logits = fresh(dparams, ids, jnp.asarray([len(p) for p in padded]))[: len(paths)]
