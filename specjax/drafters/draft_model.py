@@ -99,8 +99,7 @@ class DraftModel:
     # -- protocol -----------------------------------------------------------
     def init(self, params, tokens, lengths, max_len):
         B = tokens.shape[0]
-        cache = self.model.init_cache(B, max_len)
-        _, cache = self.model.prefill(params, tokens, lengths, cache)
+        cache = prefilled_cache(self.model, params, tokens, lengths, max_len)
         return DraftModelState(cache=cache, pending=jnp.zeros((B,), jnp.int32),
                                has_pending=jnp.zeros((B,), bool),
                                levels_run=jnp.zeros((), jnp.int32))
@@ -191,6 +190,12 @@ class DraftModel:
     def update(self, params, state: DraftModelState, tree, result, target_logits):
         depth = len(self._levels()) - 1  # nodes at this depth are never forwarded
         return commit_path(self.model, state, tree, result, depth, state.levels_run)
+
+
+def prefilled_cache(model: LanguageModel, params, tokens, lengths, max_len: int):
+    """The draft model's cache after prefilling the prompts (tokens int32[B, P])."""
+    cache = model.init_cache(tokens.shape[0], max_len)
+    return model.prefill(params, tokens, lengths, cache)[1]
 
 
 def feed_pending(model: LanguageModel, params, state):

@@ -71,7 +71,7 @@ import jax.numpy as jnp
 
 from specjax import trees
 from specjax.drafters.base import Proposal
-from specjax.drafters.draft_model import commit_path, provisional_slots
+from specjax.drafters.draft_model import commit_path, prefilled_cache, provisional_slots
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 
@@ -229,8 +229,7 @@ class StochasticBeam:
     # -- protocol -----------------------------------------------------------
     def init(self, params, tokens, lengths, max_len):
         B = tokens.shape[0]
-        cache = self.model.init_cache(B, max_len)
-        _, cache = self.model.prefill(params, tokens, lengths, cache)
+        cache = prefilled_cache(self.model, params, tokens, lengths, max_len)
         return StochasticBeamState(cache=cache, pending=jnp.zeros((B,), jnp.int32),
                                    has_pending=jnp.zeros((B,), bool))
 

@@ -151,6 +151,16 @@ def node_paths(tree, b, nodes):
     return paths
 
 
+def final_nodes(tree, rng, step):
+    """A final accepted node per row: the last valid node on even steps, a random
+    valid one on odd steps (for propose/update consistency tests)."""
+    final = []
+    for b in range(tree.valid.shape[0]):
+        ok = np.flatnonzero(tree.valid[b])
+        final.append(int(ok[-1]) if step % 2 == 0 else int(rng.choice(ok)))
+    return jnp.asarray(final, jnp.int32)
+
+
 @pytest.fixture(scope="session")
 def markov_law():
     return MarkovLaw

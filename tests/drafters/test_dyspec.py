@@ -20,7 +20,7 @@ from specjax.models.lm import DecoderLM, MarkovLM
 from specjax.models.params import first_layers
 from specjax.sampling import GREEDY, Sampling, process_logits
 from specjax.verify.result import VerifyResult
-from tests.drafters.conftest import check_greedy_identity, node_paths
+from tests.drafters.conftest import check_greedy_identity, final_nodes, node_paths
 
 # ----------------------------------------------------------------------------
 # Plain-Python reference (float64) of the expansion of one row.
@@ -165,11 +165,8 @@ def test_draft_cache_tracks_the_committed_text(tiny, sampling, R):
             want = np.exp(np.asarray(process_logits(logits, sampling)))
             np.testing.assert_allclose(prop.draft_probs[b, np.asarray(nodes)], want, atol=2e-5)
         # the accepted path ends at the last node added (never run) or a random valid node
-        final = []
-        for b in range(B):
-            ok = np.flatnonzero(tree.valid[b])
-            final.append(int(ok[-1]) if step % 2 == 0 else int(rng.choice(ok)))
-        res = VerifyResult.at_node(prop.tree, jnp.asarray(final, jnp.int32),
+        final = final_nodes(tree, rng, step)
+        res = VerifyResult.at_node(prop.tree, final,
                                    jnp.asarray(rng.integers(0, cfg.vocab_size, B), jnp.int32))
         pending_steps += int(np.sum(np.asarray(final) >= d.num_run))
         for b in range(B):
