@@ -25,6 +25,8 @@ def main(argv):
     cfg = experiment.from_config_dict(_CONFIG.value)
     result = experiment.run_experiment(cfg, _WORKDIR.value)
     print(result["table"])
+    if "paper_table" in result:
+        print(result["paper_table"])
     print(f"results written to {_WORKDIR.value}/results.json")
 
 

@@ -14,14 +14,21 @@ from pathlib import Path
 import nbformat
 
 HERE = Path(__file__).resolve().parent
-GIT_URL = "https://github.com/specjax/specjax"  # where Colab installs specjax from
+GIT_URL = "https://github.com/specjax/specjax"  # default source; [project.urls] in pyproject
 
 COLAB = f'''\
 # Colab: install specjax and its plotting extra. Does nothing when run locally.
+# Source: a wheel uploaded to /content (`make wheel` writes dist/specjax-*.whl), else
+# SPECJAX_SOURCE: a pip URL of this repository (git+https://...) or a path.
+import glob
+import os
 import sys
 
+SPECJAX_SOURCE = os.environ.get("SPECJAX_SOURCE", "git+{GIT_URL}")  # @param {{type:"string"}}
 if "google.colab" in sys.modules:
-    %pip install -q "specjax[plots] @ git+{GIT_URL}"
+    wheels = sorted(glob.glob("/content/specjax-*.whl"))
+    source = "file://" + wheels[-1] if wheels else SPECJAX_SOURCE
+    %pip install -q "specjax[plots] @ {{source}}"
 '''
 
 TINY = '''\

@@ -10,6 +10,8 @@
   table.csv, table.tex, *.png   the same table as CSV / booktabs LaTeX and plots
                   (specjax.bench.report; plots need the `plots` extra)
   answers/NAME.jsonl  generated texts in Spec-Bench's model_answer layout
+  paper_table.md  with `paper.layout` set: the run in a seed paper's table layout
+                  (specjax.bench.paper_tables; configs/papers/*.py)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from specjax.bench import metrics, prompts as prompts_lib, registry, report
+from specjax.bench import metrics, paper_tables, prompts as prompts_lib, registry, report
 from specjax.bench.runner import Generator, run
 from specjax.sampling import Sampling
 
@@ -36,6 +38,17 @@ class PromptConfig:
     per_category: int = 1
     humaneval: str = ""
     max_turns: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperConfig:
+    """A seed paper's table to mirror (`paper_tables.render`); layout "" = none."""
+
+    layout: str = ""
+    paper: str = ""
+    table: str = ""
+    paper_setting: str = ""
+    here: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +65,7 @@ class ExperimentConfig:
     sampling: Sampling = Sampling()
     draft: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     prompts: PromptConfig = PromptConfig()
+    paper: PaperConfig = PaperConfig()
 
 
 def _typed(cls, d: Mapping[str, Any], where: str):
@@ -69,6 +83,10 @@ def from_config_dict(c) -> ExperimentConfig:
     d["sampling"] = Sampling(**_typed(Sampling, d.get("sampling", {}), "config.sampling"))
     d["prompts"] = PromptConfig(**_typed(PromptConfig, d.get("prompts", {}), "config.prompts"))
     d["draft"] = dict(d.get("draft", {}))
+    d["paper"] = PaperConfig(**_typed(PaperConfig, d.get("paper", {}), "config.paper"))
+    if d["paper"].layout and d["paper"].layout not in paper_tables.LAYOUTS:
+        raise ValueError(f"unknown config.paper.layout {d['paper'].layout!r}; valid: "
+                         f"{sorted(paper_tables.LAYOUTS)}")
     return ExperimentConfig(**d)
 
 
@@ -180,7 +198,19 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     )
     (workdir / "results.json").write_text(json.dumps(result, indent=1))
     report.write_report(workdir, rows, records, baseline="autoregressive")
+    if cfg.paper.layout:
+        result["paper_table"] = write_paper_table(workdir, cfg, records)
     return result
+
+
+def write_paper_table(workdir: Path, cfg: ExperimentConfig, records) -> str:
+    """`paper_table.md`: the records in the layout of `cfg.paper` (returned too)."""
+    p = cfg.paper
+    text = paper_tables.render(
+        p.layout, paper_tables.PaperNote(p.paper, p.table, p.paper_setting, p.here), records,
+        paper_tables.RunInfo(cfg.model, cfg.draft_model, cfg.sampling.temperature))
+    (Path(workdir) / "paper_table.md").write_text(text)
+    return text
 
 
 def _write_answers(folder: Path, records, cfg: ExperimentConfig):

@@ -30,6 +30,9 @@ class Prompt:
     raw: bool = False  # True: feed turns[0] as plain text, no chat template
 
 
+MT_BENCH_TASK = "mt_bench"  # Spec-Bench's task name for the eight MT-bench categories
+
+
 def load_spec_bench(
     path: str | Path | None = None,
     categories: Sequence[str] | None = None,
@@ -37,6 +40,12 @@ def load_spec_bench(
     max_turns: int = 2,
 ) -> list[Prompt]:
     """Spec-Bench questions, optionally filtered by category and capped per category.
+
+    `categories` may name "mt_bench", Spec-Bench's task of the 80 MT-bench
+    questions (the categories with two turns: writing, roleplay, ...): the cap
+    then applies to the task as a whole, filled round-robin over its
+    categories (10 = one of each, then two more from the first two), and each
+    prompt keeps its own category. Prompts come in file order.
 
     Raises:
       FileNotFoundError: the file does not exist (the message gives the path).
@@ -47,21 +56,28 @@ def load_spec_bench(
         raise FileNotFoundError(f"Spec-Bench question file not found: {path}")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     known = list(dict.fromkeys(r["category"] for r in rows))
+    mt = [c for c in known if any(len(r["turns"]) > 1 for r in rows if r["category"] == c)]
     if categories:
-        bad = [c for c in categories if c not in known]
+        bad = [c for c in categories if c not in known and c != MT_BENCH_TASK]
         if bad:
-            raise ValueError(f"unknown Spec-Bench categories {bad}; valid: {known}")
-    out, seen = [], {}
-    for r in rows:
-        cat = r["category"]
-        if categories and cat not in categories:
-            continue
-        if per_category is not None and seen.get(cat, 0) >= per_category:
-            continue
-        seen[cat] = seen.get(cat, 0) + 1
-        out.append(Prompt("spec_bench", str(r["question_id"]), cat,
-                          tuple(r["turns"][:max_turns])))
-    return out
+            raise ValueError(f"unknown Spec-Bench categories {bad}; valid: "
+                             f"{known + [MT_BENCH_TASK]}")
+    group = {c: (MT_BENCH_TASK if categories and MT_BENCH_TASK in categories and c in mt else c)
+             for c in known}
+    wanted = [r for r in rows if not categories or r["category"] in categories
+              or group[r["category"]] == MT_BENCH_TASK]
+    keep = set()
+    for g in dict.fromkeys(group[r["category"]] for r in wanted):
+        members = [r for r in wanted if group[r["category"]] == g]
+        by_cat = {}
+        for r in members:
+            by_cat.setdefault(r["category"], []).append(id(r))
+        # round-robin over the group's categories (one category: file order)
+        order = [ids[j] for j in range(max(map(len, by_cat.values())))
+                 for ids in by_cat.values() if j < len(ids)]
+        keep.update(order[:per_category] if per_category is not None else order)
+    return [Prompt("spec_bench", str(r["question_id"]), r["category"],
+                   tuple(r["turns"][:max_turns])) for r in wanted if id(r) in keep]
 
 
 def load_humaneval(problems: Sequence[int] | None = None) -> list[Prompt]:

@@ -147,10 +147,22 @@ specdecpp = _adaptive_chain(
 smartspec = _adaptive_chain("smartspec", lambda a: "goodput")
 
 
+# tree_verifier override of sd_tree (sampling only): name -> (child rule, verifier factory)
+TREE_VERIFIERS = {
+    "rrs_wor": ("without_replacement", lambda: verify.tree_rrs(replacement=False)),  # RSD-C
+    "rrs": ("iid", lambda: verify.tree_rrs(replacement=True)),  # SpecInfer multi-round
+    "kseq": ("iid", lambda: verify.tree_kseq()),  # SpecTr K-SEQ (OT), arXiv:2310.15141
+    "greedy_draft": ("greedy_draft", lambda: verify.tree_greedy_draft()),
+}
+
+
 def sd_tree(ctx: BuildContext) -> Generator:
     """Tree from the draft model with tree verification. tree = per-depth branching
     ("3.2.1.1", SpecInfer-style top-k) or "sequoia:PATH[@N]" (a Sequoia template written by
-    `python -m experiments.sequoia_tree`, arXiv:2402.12374)."""
+    `python -m experiments.sequoia_tree`, arXiv:2402.12374). When sampling, tree_verifier
+    picks the multi-draft rule and the matching draft law (`TREE_VERIFIERS`: rrs_wor =
+    RSD-C, the default; rrs = SpecInfer; kseq = SpecTr; greedy_draft); greedy decoding
+    always drafts the top-k and verifies greedily."""
     spec = str(ctx.args["tree"])
     if spec.startswith("sequoia:"):
         from specjax import sequoia
@@ -162,8 +174,14 @@ def sd_tree(ctx: BuildContext) -> Generator:
         branching = tuple(int(b) for b in spec.split("."))
         parents = tuple(trees.template_topology(list(branching)).tolist())
         label = spec
-    verifier = verify.greedy if ctx.sampling.greedy else verify.tree_rrs(replacement=False)
-    rule = "topk" if ctx.sampling.greedy else "without_replacement"
+    name = str(ctx.args.get("tree_verifier", "rrs_wor"))
+    if name not in TREE_VERIFIERS:
+        raise ValueError(f"unknown tree_verifier {name!r}; valid: {sorted(TREE_VERIFIERS)}")
+    if ctx.sampling.greedy:
+        rule, verifier = "topk", verify.greedy
+    else:
+        rule, verifier = TREE_VERIFIERS[name][0], TREE_VERIFIERS[name][1]()
+        label = label if name == "rrs_wor" else f"{label},{name}"
     return _draft_model_generator(f"sd_tree({label})", ctx,
                                   lambda m: DraftModel(m, parents, rule), verifier, _policy(ctx))
 

@@ -93,7 +93,7 @@ def test_clear_errors(tmp_path):
         prompts.load_spec_bench(tmp_path / "nope.jsonl")
     qfile = tmp_path / "q.jsonl"
     qfile.write_text(json.dumps(dict(question_id=1, category="qa", turns=["hi"])) + "\n")
-    with pytest.raises(ValueError, match=r"unknown Spec-Bench categories \['poetry'\]; valid: \['qa'\]"):
+    with pytest.raises(ValueError, match=r"unknown Spec-Bench categories \['poetry'\]; valid: \['qa', 'mt_bench'\]"):
         prompts.load_spec_bench(qfile, ["poetry"])
     with pytest.raises(ValueError, match="unknown method 'nope'; registered"):
         registry.get("nope")
@@ -124,3 +124,19 @@ def test_humaneval_and_spec_bench_load():
         sb = prompts.load_spec_bench(categories=["writing", "rag"], per_category=2, max_turns=2)
         assert [p.category for p in sb] == ["writing", "writing", "rag", "rag"]
         assert len(sb[0].turns) == 2
+
+
+def test_spec_bench_mt_bench_task(tmp_path):
+    """"mt_bench" pools the two-turn categories; the cap fills them round-robin."""
+    qfile = tmp_path / "q.jsonl"
+    rows = [("writing", 2), ("writing", 2), ("writing", 2), ("roleplay", 2), ("qa", 1),
+            ("qa", 1), ("roleplay", 2)]
+    qfile.write_text("".join(json.dumps(dict(question_id=i, category=c, turns=["t"] * n)) + "\n"
+                             for i, (c, n) in enumerate(rows)))
+    got = prompts.load_spec_bench(qfile, ["mt_bench", "qa"], per_category=3)
+    # round-robin writing, roleplay, writing; qa capped at its 2; file order kept
+    assert [p.question_id for p in got] == ["0", "1", "3", "4", "5"]
+    assert [p.category for p in got][:3] == ["writing", "writing", "roleplay"]
+    assert len(prompts.load_spec_bench(qfile, ["mt_bench"])) == 5
+    with pytest.raises(ValueError, match=r"valid: \['writing', 'roleplay', 'qa', 'mt_bench'\]"):
+        prompts.load_spec_bench(qfile, ["poetry"])

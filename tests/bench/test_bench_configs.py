@@ -1,0 +1,50 @@
+"""The benchmark configs of issues 5-7 parse, name registered methods and select prompts;
+the held-out retrieval corpus never contains a selected prompt."""
+
+import pytest
+
+from specjax.bench import experiment, prompts, registry
+
+
+@pytest.mark.parametrize("variant,n", [("", 80), ("qwen", 80), ("small", 8), ("tiny", 1),
+                                       ("qwen+small", 8)])
+def test_train_free_config(variant, n):
+    from configs import train_free
+
+    cfg = experiment.from_config_dict(train_free.get_config(variant))
+    for m in cfg.methods.split(","):
+        registry.parse(m)
+    items = experiment.load_prompts(cfg.prompts)
+    if prompts.DEFAULT_SPEC_BENCH.exists():
+        assert len(items) == n
+    assert (cfg.draft_model != "") == ("qwen" in variant)
+    with pytest.raises(ValueError, match="unknown variant 'big'"):
+        train_free.get_config("big")
+
+
+def test_heldout_corpus_excludes_selected_prompts():
+    from experiments.heldout_corpus import heldout_documents
+
+    if not prompts.DEFAULT_SPEC_BENCH.exists():
+        pytest.skip("Spec-Bench question file not present")
+    chosen = prompts.load_spec_bench(categories=["qa", "mt_bench"], per_category=2)
+    chosen += prompts.load_humaneval([0, 5])
+    docs = heldout_documents({p.question_id for p in chosen})
+    texts = set(docs)
+    for p in chosen:
+        assert not any(p.turns[0] in d for d in texts), p.question_id
+    others = prompts.load_spec_bench(categories=["qa"], per_category=3)[2:]
+    assert others[0].turns[0] in texts  # unselected questions stay
+    assert sum("def " in d for d in docs) >= 160 - 2  # HumanEval prompts + solutions
+    assert len(heldout_documents(set(), stdlib_files=3)) == len(heldout_documents(set())) + 3
+
+
+@pytest.mark.parametrize("variant", ["", "qwen", "small+qwen"])
+def test_full_table_config_has_every_method(variant):
+    from configs import full_table
+
+    cfg = experiment.from_config_dict(full_table.get_config(variant))
+    names = {registry.parse(m)[0].name for m in cfg.methods.split(",")}
+    needs_file = {"sequoia", "retrieval", "rasd"}  # a template / datastore path to be given
+    assert names == set(registry.REGISTRY) - needs_file - {"max_gram"}
+    assert ("hf_assisted" in cfg.peers) == ("qwen" in variant)
