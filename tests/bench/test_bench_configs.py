@@ -23,8 +23,7 @@ def test_train_free_config(variant, n):
 
 
 def test_heldout_corpus_excludes_selected_prompts():
-    from experiments.heldout_corpus import heldout_documents
-
+    heldout_documents = prompts.heldout_documents
     if not prompts.DEFAULT_SPEC_BENCH.exists():
         pytest.skip("Spec-Bench question file not present")
     chosen = prompts.load_spec_bench(categories=["qa", "mt_bench"], per_category=2)
