@@ -21,7 +21,7 @@ from configs import train_free
 DRAFT_MODEL_METHODS = ("sd_chain/k=4,sd_tree/tree=2.2.1,dyspec,rsd_s,pearl,"
                        "sd_schedule/widths=1.2.3.5,sd_confidence/widths=1.2.3.5,"
                        "specdecpp/widths=1.2.3.5,smartspec/widths=1.2.3.5,cs_drafting")
-MODEL_FREE = "pld,token_recycling,aded,bigram,kangaroo,swift"
+MODEL_FREE = "pld,token_recycling,aded,bigram,max_gram,kangaroo,swift"
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 
 from configs import quickstart
 
-METHODS = ("autoregressive,pld,token_recycling,aded,bigram,sd_chain/k=4,cs_drafting,"
+METHODS = ("autoregressive,pld,token_recycling,aded,bigram,max_gram,sd_chain/k=4,cs_drafting,"
            "kangaroo,swift")
 
 

@@ -330,19 +330,44 @@ def bigram(ctx: BuildContext) -> Generator:
     return _spec_generator(f"bigram(k={d.num_drafts})", ctx, d, _chain_verifier(ctx.sampling))
 
 
+def _max_gram_of(ctx: BuildContext, **kw):
+    from specjax.drafters.max_gram import MaxGram
+
+    a = ctx.args
+    return MaxGram(ctx.target_cfg.vocab_size, max_n=int(a.get("mag_max_n", 16)),
+                   k=int(a.get("bigram_k", 4)), earliest=_flag(a.get("mag_earliest", True)),
+                   **kw)
+
+
+def max_gram(ctx: BuildContext) -> Generator:
+    """Max-Gram (CS Drafting's MaG): copies what followed the longest earlier match of the
+    text's suffix, bigram fallback; overrides mag_drafts (10), mag_max_n (16), mag_earliest
+    (1; 0 = most recent occurrence), bigram_k (4)."""
+    d = _max_gram_of(ctx, num_drafts=int(ctx.args.get("mag_drafts", 10)))
+    return _spec_generator(f"max_gram(k={d.num_drafts})", ctx, d, _chain_verifier(ctx.sampling))
+
+
 def cs_drafting(ctx: BuildContext) -> Generator:
     """CS Drafting: the draft model drafts the first cs_model (3) positions, accelerated by
-    the bigram (vertical cascade, cs_lookahead (2) proposals per draft forward; cs_vertical=0
-    drafts autoregressively), the bigram alone the next cs_bigram (2); bigram_k (4)."""
+    the statistical bottom drafter (vertical cascade, cs_lookahead (2) proposals per draft
+    forward; cs_vertical=0 drafts autoregressively), the bottom drafter alone the next
+    cs_bigram (2). cs_bottom: maxgram (the paper's MaG, default; mag_* as for max_gram) |
+    bigram; bigram_k (4)."""
     from specjax.drafters import cascade
+    from specjax.drafters.bigram import Bigram
 
     a = ctx.args
     dcfg, dparams = ctx.draft()
     model, small = int(a.get("cs_model", 3)), int(a.get("cs_bigram", 2))
+    kind = str(a.get("cs_bottom", "maxgram"))
+    if kind not in ("maxgram", "bigram"):
+        raise ValueError(f"cs_bottom must be maxgram or bigram, got {kind!r}")
+    k = int(a.get("bigram_k", 4))
+    bottom = _max_gram_of(ctx) if kind == "maxgram" else Bigram(ctx.target_cfg.vocab_size, k=k)
     d = cascade.cs_drafting(DecoderLM(dcfg), model_positions=model, bigram_positions=small,
-                            lookahead=int(a.get("cs_lookahead", 2)), k=int(a.get("bigram_k", 4)),
-                            vertical=_flag(a.get("cs_vertical", True)))
-    return _spec_generator(f"cs_drafting({model}+{small})", ctx, d,
+                            lookahead=int(a.get("cs_lookahead", 2)), k=k,
+                            vertical=_flag(a.get("cs_vertical", True)), bottom=bottom)
+    return _spec_generator(f"cs_drafting({model}+{small},{kind})", ctx, d,
                            _chain_verifier(ctx.sampling), (dparams, None))
 
 
@@ -425,6 +450,8 @@ REGISTRY: dict[str, MethodInfo] = {
         MethodInfo("aded", "ADED, Liu et al. arXiv:2407.12021", "yes", "nothing", aded),
         MethodInfo("bigram", "CS Drafting arXiv:2312.11462 (statistical bottom drafter)", "yes",
                    "nothing", bigram),
+        MethodInfo("max_gram", "CS Drafting arXiv:2312.11462 (Max-Gram statistical drafter)",
+                   "yes", "nothing", max_gram),
         MethodInfo("cs_drafting", "CS Drafting, Chen et al. arXiv:2312.11462", "yes",
                    "a draft model (or self_layers)", cs_drafting),
         MethodInfo("kangaroo", "Kangaroo, Liu et al. arXiv:2404.18911 (adapter-free early exit)",

@@ -256,6 +256,21 @@ class Bigram:
         check_vocab(target_logits, self.vocab_size, "Bigram")
         return commit(state, tree, result)
 
+    def extend_chain(self, state: BigramState, tokens, node, length: int):
+        """Cascade stage protocol (`cascade.StatisticalStage`): `length` drafts after
+        chain node `node` (the bigram only looks at that node's token).
+
+        Args:
+          state: the bigram state; tokens: int32[B, N] chain, nodes <= node filled.
+          node: int or int32[B], the last filled node; length: static.
+
+        Returns:
+          (drafts int32[B, length], count int32[B]) as `most_likely_chain`.
+        """
+        node = jnp.broadcast_to(jnp.asarray(node, jnp.int32), tokens.shape[:1])
+        last = jnp.take_along_axis(tokens, node[:, None], axis=1)[:, 0]
+        return most_likely_chain(state.table, last, length)
+
 
 def commit(state: BigramState, tree: trees.Tree, result) -> BigramState:
     """Observes (last, root), (root, d_1), ..., (d_{n-1}, d_n) along the accepted path.

@@ -20,18 +20,22 @@ stages `[(drafter, positions), ...]`:
   `[(Vertical(draft_lm, bigram, L), m), (bigram, K - m)]`.
 
 Stage kinds: a `LanguageModel` (a draft model drafting autoregressively), a
-`Vertical`, or a `specjax.drafters.bigram.Bigram`. The distinct models and
-bigram tables of all stages are the cascade's `components` (equal objects
-are one component: one cache or one table, learned once); `params` is a
-tuple with one entry per component (a model's parameters; None or a warm
-`BigramTable` for a bigram).
+`Vertical`, or a statistical drafter (`StatisticalStage`: a model-free
+drafter that can continue any chain, e.g. `specjax.drafters.bigram.Bigram`
+or the paper's Max-Gram `specjax.drafters.max_gram.MaxGram`); a statistical
+drafter is also what proposes inside a `Vertical`. The distinct models and
+statistical drafters of all stages are the cascade's `components` (equal
+objects are one component: one cache or one table, learned once); `params`
+is a tuple with one entry per component (a model's parameters; None or a
+warm `BigramTable` for a bigram or a Max-Gram).
 
 What is lossless and why. The target verifies the chain with
 `verify.greedy` (temperature 0) or `verify.chain_sampling`, which are
 lossless whenever row i of `draft_probs` is the law node i + 1's token was
 actually drawn from, given the chain before it. The cascade records exactly
 that, per position:
-  - a bigram position: the point mass on its (deterministic) token;
+  - a statistical (bigram, Max-Gram) position: the point mass on its
+    (deterministic) token;
   - a draft-model position: the model's processed distribution
     (`process_logits`: temperature, top-k, top-p) the token was sampled from;
   - a vertical position: the draft model's processed distribution, because
@@ -66,7 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import flax.struct
 import jax
@@ -75,31 +79,56 @@ import numpy as np
 
 from specjax import trees, verify
 from specjax.drafters.base import Proposal
-from specjax.drafters.bigram import Bigram, most_likely_chain
-from specjax.drafters.bigram import commit as bigram_commit
+from specjax.drafters.bigram import Bigram
 from specjax.drafters.prompt_lookup import chain_point_mass, check_vocab
 from specjax.models import decoder
 from specjax.sampling import Sampling, process_logits, sample
 
 
+@runtime_checkable
+class StatisticalStage(Protocol):
+    """A model-free cascade stage: a `Drafter` (its `init` / `update` keep its own
+    state; `propose` is not used by a cascade) that can also continue a chain.
+
+    extend_chain(state, tokens, node, length) -> (drafts int32[B, length],
+    count int32[B]): deterministic drafts after chain node `node` (int or
+    int32[B]) given the chain tokens int32[B, N] (nodes 0..node filled, node 0
+    = the root) and the committed text its state holds; drafts after the first
+    `count` are padding. The cascade records them as point masses.
+    """
+
+    vocab_size: int
+
+    def init(self, params, tokens, lengths, max_len): ...
+
+    def update(self, params, state, tree, result, target_logits): ...
+
+    def extend_chain(self, state, tokens, node, length: int): ...
+
+
+def _is_statistical(stage) -> bool:
+    return isinstance(stage, StatisticalStage)
+
+
 @dataclasses.dataclass(frozen=True)
 class Vertical:
-    """A draft model whose drafting is accelerated by a bigram (vertical cascade).
+    """A draft model whose drafting is accelerated by a statistical drafter (vertical cascade).
 
     Attributes:
       model: the draft `LanguageModel`.
-      helper: the `Bigram` proposing `lookahead` tokens per draft forward.
-      lookahead: L >= 1, bigram tokens checked per draft-model forward.
+      helper: the `StatisticalStage` (`Bigram`, `MaxGram`) proposing `lookahead`
+        tokens per draft forward.
+      lookahead: L >= 1, proposals checked per draft-model forward.
     """
 
     model: Any
-    helper: Bigram
+    helper: Any
     lookahead: int = 3
 
     def __post_init__(self):
-        if not isinstance(self.helper, Bigram):
-            raise TypeError(f"the helper of a vertical cascade must be a Bigram, got "
-                             f"{type(self.helper).__name__}")
+        if not _is_statistical(self.helper):
+            raise TypeError(f"the helper of a vertical cascade must be a Bigram or another "
+                             f"StatisticalStage (e.g. MaxGram), got {type(self.helper).__name__}")
         if self.lookahead < 1:
             raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
         _check_model(self.model)
@@ -129,11 +158,12 @@ def _check_model(model):
     if not all(hasattr(model, a) for a in ("forward", "init_cache", "write_slots", "vocab_size")):
         raise ValueError(
             f"{type(model).__name__} is not a LanguageModel; a cascade stage is a LanguageModel "
-            "(e.g. DecoderLM(cfg) or MarkovLM(V)), a Vertical or a Bigram")
+            "(e.g. DecoderLM(cfg) or MarkovLM(V)), a Vertical or a statistical drafter "
+            "(Bigram, MaxGram)")
 
 
 def _check_stage(stage):
-    if not isinstance(stage, (Bigram, Vertical)):
+    if not (isinstance(stage, Vertical) or _is_statistical(stage)):
         _check_model(stage)
 
 
@@ -210,11 +240,11 @@ def catch_up(model, params, st: ModelState, x: jax.Array, lo: int, first: bool):
     return logits, st.replace(cache=cache, num_pending=jnp.zeros_like(npend))
 
 
-def vertical_fill(model, params, st: ModelState, table, tokens, q, lo: int, first: bool,
-                  start: int, m: int, lookahead: int, key, sampling: Sampling):
+def vertical_fill(model, params, st: ModelState, helper, helper_state, tokens, q, lo: int,
+                  first: bool, start: int, m: int, lookahead: int, key, sampling: Sampling):
     """The vertical cascade: fills nodes start + 1 .. start + m of the chain.
 
-    Each inner iteration: the bigram proposes `lookahead` tokens after the
+    Each inner iteration: the helper proposes `lookahead` tokens after the
     last filled node; the draft model runs over [last node, proposals] in one
     forward; `verify.chain_sampling` (greedy: `verify.greedy`) of the point-
     mass proposals against the model's processed law keeps the accepted
@@ -224,7 +254,7 @@ def vertical_fill(model, params, st: ModelState, table, tokens, q, lo: int, firs
 
     Args:
       model, params, st: the draft model and its ModelState.
-      table: the bigram's per-row BigramTable.
+      helper, helper_state: the StatisticalStage (e.g. a Bigram) and its state.
       tokens: int32[B, N] the chain (nodes <= start filled).
       q: f[B, N, V] draft laws (row i = law of node i + 1).
       lo, first: see `catch_up`; start, m, lookahead: static.
@@ -242,7 +272,7 @@ def vertical_fill(model, params, st: ModelState, table, tokens, q, lo: int, firs
 
     def proposals(tokens, node):
         last = jnp.take_along_axis(tokens, node[:, None], axis=1)[:, 0]
-        props, count = most_likely_chain(table, last, lookahead)  # [B, L]
+        props, count = helper.extend_chain(helper_state, tokens, node, lookahead)  # [B, L]
         return last, props, count
 
     def absorb(it, filled, tokens, q, node, last, props, count, logits):
@@ -294,7 +324,8 @@ class Cascade:
 
     Attributes:
       stages: tuple of (stage, positions >= 1); a stage is a LanguageModel,
-        a `Vertical` or a `Bigram`. Lists are converted to tuples.
+        a `Vertical` or a `StatisticalStage` (`Bigram`, `MaxGram`). Lists are
+        converted to tuples.
       max_nodes: optional node budget; K + 1 > max_nodes is an error.
     """
 
@@ -341,7 +372,8 @@ class Cascade:
 
     @functools.cached_property
     def components(self) -> tuple:
-        """Distinct draft models and bigrams of the stages, in order of appearance."""
+        """Distinct draft models and statistical drafters of the stages, in order of
+        appearance."""
         out = []
         for stage, _ in self.stages:
             leaves = (stage.model, stage.helper) if isinstance(stage, Vertical) else (stage,)
@@ -359,7 +391,7 @@ class Cascade:
         during a proposal (the end of its last stage minus that stage's last token)."""
         out, a = {}, 0
         for stage, m in self.stages:
-            if not isinstance(stage, Bigram):
+            if not _is_statistical(stage):
                 model = stage.model if isinstance(stage, Vertical) else stage
                 out[self.components.index(model)] = a + m
             a += m
@@ -372,7 +404,7 @@ class Cascade:
             raise ValueError(f"Cascade params must be a tuple with one entry per component "
                              f"({names}), got {type(params).__name__}")
         for i, (c, p) in enumerate(zip(comps, params)):
-            if p is None and not isinstance(c, Bigram):
+            if p is None and not _is_statistical(c):
                 raise ValueError(f"Cascade component {i} ({type(c).__name__}) needs parameters, "
                                  "got None")
         return tuple(params)
@@ -383,7 +415,7 @@ class Cascade:
         b = tokens.shape[0]
         states = []
         for i, (c, p) in enumerate(zip(self.components, params)):
-            if isinstance(c, Bigram):
+            if _is_statistical(c):
                 states.append(c.init(p, tokens, lengths, max_len))
                 continue
             cache = c.init_cache(b, max_len)
@@ -406,9 +438,9 @@ class Cascade:
         for s, (stage, m) in enumerate(self.stages):
             k_s = jax.random.fold_in(key, s)
             nodes = np.arange(a + 1, a + m + 1)
-            if isinstance(stage, Bigram):
+            if _is_statistical(stage):
                 c = comps.index(stage)
-                drafts, count = most_likely_chain(states[c].table, tokens[:, a], m)
+                drafts, count = stage.extend_chain(states[c], tokens, a, m)
                 tokens = tokens.at[:, nodes].set(drafts)
                 valid = valid.at[:, nodes].set(
                     valid[:, a:a + 1] & (jnp.arange(m)[None, :] < count[:, None]))
@@ -418,9 +450,10 @@ class Cascade:
                 c = comps.index(model)
                 first, lo = c not in fed, fed.get(c, 0)
                 if isinstance(stage, Vertical):
-                    table = states[comps.index(stage.helper)].table
-                    tokens, q, st = vertical_fill(model, params[c], states[c], table, tokens, q,
-                                                  lo, first, a, m, stage.lookahead, k_s, sampling)
+                    h = comps.index(stage.helper)
+                    tokens, q, st = vertical_fill(model, params[c], states[c], stage.helper,
+                                                  states[h], tokens, q, lo, first, a, m,
+                                                  stage.lookahead, k_s, sampling)
                 else:
                     logits, st = catch_up(model, params[c], states[c], tokens[:, lo:a + 1], lo,
                                           first)
@@ -444,12 +477,13 @@ class Cascade:
 
     def update(self, params, state, tree, result, target_logits):
         check_vocab(target_logits, self.vocab_size, "Cascade")
+        params = self._check_params(params)
         states = []
         n = result.num_accepted
         path_tokens = jnp.take_along_axis(tree.tokens, result.path, axis=1)  # [B, N]
-        for i, (c, st) in enumerate(zip(self.components, state)):
-            if isinstance(c, Bigram):
-                states.append(bigram_commit(st, tree, result))
+        for i, (c, p, st) in enumerate(zip(self.components, params, state)):
+            if _is_statistical(c):
+                states.append(c.update(p, st, tree, result, target_logits))
                 continue
             seen = self.seen[i]
             base = c.cache_length(st.cache)
@@ -462,14 +496,18 @@ class Cascade:
 
 
 def cs_drafting(model, model_positions: int = 3, bigram_positions: int = 2, lookahead: int = 2,
-                k: int = 4, vertical: bool = True) -> Cascade:
-    """CS Drafting with one draft model and a bigram: the first `model_positions`
-    by the draft model (accelerated by the bigram when `vertical`), the next
-    `bigram_positions` (0 allowed) by the bigram alone.
+                k: int = 4, vertical: bool = True, bottom=None) -> Cascade:
+    """CS Drafting with one draft model and a statistical bottom drafter: the first
+    `model_positions` by the draft model (accelerated by the bottom drafter when
+    `vertical`), the next `bigram_positions` (0 allowed) by the bottom drafter alone.
+
+    Args:
+      bottom: the `StatisticalStage` at the bottom; default `Bigram(V, k=k)`.
+        `max_gram.MaxGram(V, k=k)` is the paper's Max-Gram (MaG) bottom drafter.
 
     Params of the returned cascade: (draft model params, None).
     """
-    bigram = Bigram(model.vocab_size, k=k)
+    bigram = Bigram(model.vocab_size, k=k) if bottom is None else bottom
     top = Vertical(model, bigram, lookahead) if vertical else model
     stages = [(top, model_positions)] + ([(bigram, bigram_positions)] if bigram_positions else [])
     return Cascade(tuple(stages))

@@ -45,5 +45,5 @@ def test_full_table_config_has_every_method(variant):
     cfg = experiment.from_config_dict(full_table.get_config(variant))
     names = {registry.parse(m)[0].name for m in cfg.methods.split(",")}
     needs_file = {"sequoia", "retrieval", "rasd"}  # a template / datastore path to be given
-    assert names == set(registry.REGISTRY) - needs_file - {"max_gram"}
+    assert names == set(registry.REGISTRY) - needs_file
     assert ("hf_assisted" in cfg.peers) == ("qwen" in variant)
