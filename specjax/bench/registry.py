@@ -69,12 +69,8 @@ def _spec_generator(name: str, ctx: BuildContext, drafter, verifier,
 
     With a policy, `widths=1.2.4.9` (an override) sets the verification widths
     (`decode.Method.widths`; default: 1..8, powers of two, N)."""
-    widths = ctx.args.get("widths") if policy is not None else None
-    if widths:
-        widths = tuple(int(w) for w in str(widths).split(".")) + (drafter.num_nodes,)
-        widths = tuple(sorted(set(w for w in widths if w <= drafter.num_nodes)))
-    method = decode.Method(drafter=drafter, verifier=verifier, policy=policy,
-                           widths=widths or None)
+    widths = method_widths(ctx.args, drafter.num_nodes) if policy is not None else None
+    method = decode.Method(drafter=drafter, verifier=verifier, policy=policy, widths=widths)
 
     def fn(ids):
         g = decode.speculative_generate(
@@ -87,18 +83,28 @@ def _spec_generator(name: str, ctx: BuildContext, drafter, verifier,
     return Generator(name, fn)
 
 
-def _policy(ctx: BuildContext, spec: str | None = None, max_k: int = 8):
+def method_widths(args: dict, num_nodes: int) -> tuple[int, ...] | None:
+    """The `widths=1.2.4` override as verification widths (+ the node count); None if unset."""
+    spec = args.get("widths")
+    if not spec:
+        return None
+    w = tuple(int(x) for x in str(spec).split(".")) + (num_nodes,)
+    return tuple(sorted(set(x for x in w if x <= num_nodes)))
+
+
+def _policy(ctx: BuildContext, spec: str | None = None, max_k: int = 8, batch: int = 1,
+            context: int = 256):
     """The policy named by `spec` (default: the `policy` override, "none").
 
-    `goodput` without `step_costs` measures them for this model pair at batch 1
-    (`policies.measure_step_costs`, k = 0..max_k).
+    `goodput` without `step_costs` measures them for this model pair at `batch`
+    rows with `context` cached tokens (`policies.measure_step_costs`, k = 0..max_k).
     """
     spec = str(ctx.args.get("policy", "none") if spec is None else spec)
     if spec.partition(":")[0] == "goodput" and "step_costs" not in spec:
         dcfg, dparams = ctx.draft()
         costs = policies.measure_step_costs(
             DecoderLM(ctx.target_cfg), ctx.target_params, DecoderLM(dcfg), dparams,
-            batch=1, max_k=max_k)
+            batch=batch, max_k=max_k, context=context)
         sep = "," if ":" in spec else ":"
         spec = f"{spec}{sep}step_costs={';'.join(f'{c:.4f}' for c in costs)}"
     return policies.parse(spec)
