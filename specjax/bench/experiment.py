@@ -35,6 +35,7 @@ from specjax.sampling import Sampling
 class PromptConfig:
     spec_bench_path: str = ""
     spec_bench_categories: str = ""
+    spec_bench_ids: str = ""  # explicit question_ids (comma separated) instead of categories
     per_category: int = 1
     humaneval: str = ""
     max_turns: int = 1
@@ -96,7 +97,10 @@ def _split(s: str) -> list[str]:
 
 def load_prompts(pc: PromptConfig) -> list[prompts_lib.Prompt]:
     out = []
-    if pc.spec_bench_categories:
+    if pc.spec_bench_ids:
+        out += prompts_lib.load_spec_bench_ids(pc.spec_bench_path or None,
+                                               _split(pc.spec_bench_ids), pc.max_turns)
+    elif pc.spec_bench_categories:
         out += prompts_lib.load_spec_bench(
             pc.spec_bench_path or None, _split(pc.spec_bench_categories), pc.per_category,
             pc.max_turns)
@@ -104,7 +108,7 @@ def load_prompts(pc: PromptConfig) -> list[prompts_lib.Prompt]:
         out += prompts_lib.load_humaneval([int(i) for i in _split(pc.humaneval)])
     if not out:
         raise ValueError("the config selects no prompts (set prompts.spec_bench_categories "
-                         "and/or prompts.humaneval)")
+                         "or prompts.spec_bench_ids, and/or prompts.humaneval)")
     return out
 
 
@@ -166,8 +170,10 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     from specjax.models import params as params_lib
 
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    for m in _split(cfg.methods):  # bad method names / overrides fail before the models load
+        registry.parse(m)
     items = load_prompts(cfg.prompts)
+    workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     tcfg, tparams = loading.load(cfg.model, cfg.dtype, progress=progress)

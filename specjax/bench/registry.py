@@ -10,6 +10,7 @@ loaded target (and draft) and return a `Generator` for the runner.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 import jax
@@ -474,7 +475,11 @@ REGISTRY: dict[str, MethodInfo] = {
 
 def parse(spec: str) -> tuple[MethodInfo, dict]:
     """`"sd_chain/k=6/self_layers=12"` -> (the registered method, its overrides of config.draft)."""
-    name, *over = spec.strip().split("/")
+    # split at "/key=" only, so values may be paths ("retrieval/datastore=ds/x.npz")
+    name, *over = re.split(r"/(?=[A-Za-z_][A-Za-z0-9_]*=)", spec.strip())
+    if "/" in name:
+        name, bad = name.split("/", 1)
+        over.insert(0, bad)
     args = {}
     for kv in over:
         if "=" not in kv:

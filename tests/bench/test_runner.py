@@ -140,3 +140,25 @@ def test_spec_bench_mt_bench_task(tmp_path):
     assert len(prompts.load_spec_bench(qfile, ["mt_bench"])) == 5
     with pytest.raises(ValueError, match=r"valid: \['writing', 'roleplay', 'qa', 'mt_bench'\]"):
         prompts.load_spec_bench(qfile, ["poetry"])
+
+
+def test_spec_bench_by_question_id(tmp_path):
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(dict(question_id=i, category=c, turns=["a", "b"])) + "\n"
+                             for i, c in ((3, "qa"), (7, "rag"), (9, "qa"))))
+    got = prompts.load_spec_bench_ids(qfile, ["9", "3"], max_turns=1)
+    assert [(p.question_id, p.category, p.turns) for p in got] == [("9", "qa", ("a",)),
+                                                                     ("3", "qa", ("a",))]
+    with pytest.raises(ValueError, match=r"question ids \['5'\] are not in the question file"):
+        prompts.load_spec_bench_ids(qfile, ["5"])
+    cfg = experiment.PromptConfig(spec_bench_path=str(qfile), spec_bench_ids="7",
+                                  spec_bench_categories="qa")  # ids win over categories
+    assert [p.question_id for p in experiment.load_prompts(cfg)] == ["7"]
+
+
+def test_method_overrides_may_hold_paths():
+    info, args = registry.parse("sd_tree/tree=sequoia:/a/b/t.json@8/policy=none")
+    assert info.name == "sd_tree" and args == {"tree": "sequoia:/a/b/t.json@8", "policy": "none"}
+    assert registry.parse("retrieval/datastore=ds/x.npz")[1] == {"datastore": "ds/x.npz"}
+    with pytest.raises(ValueError, match="method override 'k' in 'sd_chain/k' is not key=value"):
+        registry.parse("sd_chain/k")
