@@ -315,16 +315,19 @@ def kangaroo(ctx: BuildContext) -> Generator:
 
 def swift(ctx: BuildContext) -> Generator:
     """SWIFT on-the-fly layer skipping: overrides swift_ratio (0.45), swift_k (6),
-    swift_threshold (0.8), swift_window (16), swift_opt_steps (32; 0 = fixed spaced set)."""
+    swift_threshold (0.8), swift_window (16), swift_opt_steps (32; 0 = fixed spaced set),
+    swift_granularity (sublayer | layer), swift_bo_every (2; 0 = random search only)."""
     from specjax.drafters.self_spec import Swift
 
     a = ctx.args
     d = Swift(ctx.target_cfg, num_drafts=int(a.get("swift_k", 6)),
               threshold=float(a.get("swift_threshold", 0.8)),
               skip_ratio=float(a.get("swift_ratio", 0.45)), window=int(a.get("swift_window", 16)),
-              opt_steps=int(a.get("swift_opt_steps", 32)), seed=ctx.seed)
-    return _spec_generator(f"swift(r={d.skip_ratio})", ctx, d, _chain_verifier(ctx.sampling),
-                           draft_params=ctx.target_params)
+              opt_steps=int(a.get("swift_opt_steps", 32)),
+              granularity=a.get("swift_granularity", "sublayer"),
+              bo_every=int(a.get("swift_bo_every", 2)), seed=ctx.seed)
+    return _spec_generator(f"swift(r={d.skip_ratio},{d.granularity})", ctx, d,
+                           _chain_verifier(ctx.sampling), draft_params=ctx.target_params)
 
 
 def bigram(ctx: BuildContext) -> Generator:

@@ -100,8 +100,10 @@ def dense(x: jax.Array, w: jax.Array) -> jax.Array:
     return linear.linear(x, w) if w.ndim == 3 else x @ w
 
 
-def _layer(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
-    """One transformer block. x: [B, T, D]; lp: this layer's params."""
+def _attention_block(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
+    """Attention sub-layer with its residual: x + wo(attention(norm(x))).
+
+    x: [B, T, D]; returns (x [B, T, D], k [B, T, K, H], v [B, T, K, H])."""
     B, T, _ = x.shape
     N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     h = rms_norm(x, lp["attn_norm"], cfg.norm_eps)
@@ -112,9 +114,19 @@ def _layer(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
     k = rope(k.reshape(B, T, K, H), positions, cfg.rope_theta)
     v = v.reshape(B, T, K, H)
     x = x + dense(_attention(cfg, q, k, v, k_cache, v_cache, mask), lp["wo"])
-    h = rms_norm(x, lp["mlp_norm"], cfg.norm_eps)
-    x = x + dense(jax.nn.silu(dense(h, lp["w_gate"])) * dense(h, lp["w_up"]), lp["w_down"])
     return x, k, v
+
+
+def _mlp_block(cfg: ModelConfig, x, lp):
+    """SwiGLU MLP sub-layer with its residual: x + mlp(norm(x)). x: [B, T, D]."""
+    h = rms_norm(x, lp["mlp_norm"], cfg.norm_eps)
+    return x + dense(jax.nn.silu(dense(h, lp["w_gate"])) * dense(h, lp["w_up"]), lp["w_down"])
+
+
+def _layer(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
+    """One transformer block. x: [B, T, D]; lp: this layer's params."""
+    x, k, v = _attention_block(cfg, x, lp, k_cache, v_cache, positions, mask)
+    return _mlp_block(cfg, x, lp), k, v
 
 
 def transformer(
