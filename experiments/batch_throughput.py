@@ -25,6 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from specjax.bench import throughput
+from specjax.bench.experiment import jsonable, load_models
 from specjax.bench.registry import BuildContext
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Throughput config file.",
@@ -65,26 +66,18 @@ def _interleave(groups: list[list]) -> list:
 def load(cfg: throughput.ThroughputConfig) -> tuple[BuildContext, list[list[int]], dict]:
     """Target (+ draft), prompts as token ids, and facts for results.json."""
     from specjax.models import loading
-    from specjax.models import params as params_lib
 
     t0 = time.perf_counter()
-    draft = None
-    if cfg.model == TINY_MODEL:
-        tcfg, tparams = tiny_model(cfg.seed, cfg.layout)
+    tiny = tiny_model(cfg.seed, cfg.layout) if cfg.model == TINY_MODEL else None
+    (tcfg, tparams), draft = load_models(cfg.model, cfg.draft_model, cfg.dtype, cfg.layout,
+                                         target=tiny)
+    if tiny is not None:
         tok, eos = None, ()
     else:
         from specjax.models.tokenizer import stop_token_ids
 
-        tcfg, tparams = loading.load(cfg.model, cfg.dtype)
-        tparams = params_lib.place(tcfg, tparams, cfg.layout)
         tok = loading.load_tokenizer(cfg.model)
         eos = stop_token_ids(tok)
-    if cfg.draft_model:
-        dcfg, dparams = loading.load(cfg.draft_model, cfg.dtype)
-        if dcfg.vocab_size != tcfg.vocab_size:
-            raise ValueError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
-                             f"({tcfg.vocab_size})")
-        draft = (dcfg, params_lib.place(dcfg, dparams, cfg.layout))
     if cfg.toy_prompts > 0:
         prompts, ids = [f"toy{i}" for i in range(cfg.toy_prompts)], toy_prompts(
             cfg.toy_prompts, tcfg.vocab_size)
@@ -132,7 +125,7 @@ def run(cfg: throughput.ThroughputConfig, workdir: str | Path, log=print) -> dic
            f" <- self_layers={cfg.draft.get('self_layers', '-')}")
         + f"); speedup over {throughput.BASELINE} at the same B.\n\n"
         + table + "\n\n" + details + "\n")
-    result = dict(config=_jsonable(dataclasses.asdict(cfg)), **facts,
+    result = dict(config=jsonable(dataclasses.asdict(cfg)), **facts,
                   platform=str(jax.devices()[0].platform),
                   load_average_before_after=[list(load_before), list(os.getloadavg())],
                   table=table, **throughput.to_json(res))
@@ -142,14 +135,6 @@ def run(cfg: throughput.ThroughputConfig, workdir: str | Path, log=print) -> dic
     except ImportError as e:
         warnings.warn(f"{PLOT_NAME} not written: {e}")
     return dict(result, result=res)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
 
 
 def main(argv):

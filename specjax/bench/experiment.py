@@ -164,10 +164,32 @@ def build_peers(cfg: ExperimentConfig, names, eos, tok) -> list[Generator]:
     return gens
 
 
+def load_models(model: str, draft_model: str, dtype: str, layout: str, progress: bool = True,
+                target=None):
+    """((cfg, params) of the target, (cfg, params) of the draft or None), placed in `layout`.
+
+    `target` = an already loaded (cfg, params) to use instead of loading `model`.
+    Raises ValueError when the draft's vocabulary differs from the target's.
+    """
+    from specjax.models import loading
+    from specjax.models import params as params_lib
+
+    if target is None:
+        tcfg, tparams = loading.load(model, dtype, progress=progress)
+        target = (tcfg, params_lib.place(tcfg, tparams, layout))
+    draft = None
+    if draft_model:
+        dcfg, dparams = loading.load(draft_model, dtype, progress=progress)
+        if dcfg.vocab_size != target[0].vocab_size:
+            raise ValueError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
+                             f"({target[0].vocab_size})")
+        draft = (dcfg, params_lib.place(dcfg, dparams, layout))
+    return target, draft
+
+
 def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = True) -> dict:
     """Runs the experiment and writes its outputs (see module docstring)."""
     from specjax.models import loading
-    from specjax.models import params as params_lib
 
     workdir = Path(workdir)
     for m in _split(cfg.methods):  # bad method names / overrides fail before the models load
@@ -176,15 +198,8 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    tcfg, tparams = loading.load(cfg.model, cfg.dtype, progress=progress)
-    tparams = params_lib.place(tcfg, tparams, cfg.layout)
-    draft = None
-    if cfg.draft_model:
-        dcfg, dparams = loading.load(cfg.draft_model, cfg.dtype, progress=progress)
-        if dcfg.vocab_size != tcfg.vocab_size:
-            raise ValueError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
-                             f"({tcfg.vocab_size})")
-        draft = (dcfg, params_lib.place(dcfg, dparams, cfg.layout))
+    (tcfg, tparams), draft = load_models(cfg.model, cfg.draft_model, cfg.dtype, cfg.layout,
+                                         progress=progress)
     tok = loading.load_tokenizer(cfg.model, progress=progress)
     load_s = time.perf_counter() - t0
     gens = build_generators(cfg, tok, (tcfg, tparams), draft)
@@ -196,7 +211,7 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     (workdir / "table.md").write_text(table + "\n")
     _write_answers(workdir / "answers", records, cfg)
     result = dict(
-        config=_jsonable(dataclasses.asdict(cfg)), load_seconds=load_s, table=table,
+        config=jsonable(dataclasses.asdict(cfg)), load_seconds=load_s, table=table,
         platform=str(jax.devices()[0].platform),
         load_average_before_after=[list(load_before), list(os.getloadavg())],
         summary=[dataclasses.asdict(r) for r in rows],
@@ -241,11 +256,12 @@ def _write_answers(folder: Path, records, cfg: ExperimentConfig):
                     tstamp=time.time())) + "\n")
 
 
-def _jsonable(x):
+def jsonable(x):
+    """`x` with numpy scalars turned into Python numbers (for json.dumps)."""
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (np.integer, np.floating)):
         return x.item()
     return x
