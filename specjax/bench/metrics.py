@@ -124,6 +124,17 @@ def step_cost(records: Sequence[Record], base_records: Sequence[Record]) -> floa
     return num / den if rs and den > 0 else float("nan")
 
 
+def speedup_ratios(records: Sequence[Record], base: dict[str, Record]) -> list[float]:
+    """Per prompt: baseline seconds / method seconds, for prompts the baseline ran."""
+    return [base[r.question_id].seconds / r.seconds for r in records
+            if r.question_id in base and r.seconds > 0]
+
+
+def forwards_per_token(records: Sequence[Record]) -> float:
+    """All target forwards (prefill included) / generated tokens."""
+    return sum(r.target_calls for r in records) / max(1, sum(r.new_tokens for r in records))
+
+
 def loop_tau(records: Sequence[Record]) -> float:
     """Tokens per decode-loop forward for the cost model.
 
@@ -157,8 +168,7 @@ def summarize(records: Sequence[Record], baseline: str | None, check_identity: b
         # P(at least d drafts accepted in a step), d = 1, 2, ...
         depth_acc = [float(hist[d:].sum() / total_steps) for d in range(1, len(hist))] \
             if total_steps else []
-        ratios = [base[r.question_id].seconds / r.seconds for r in rs
-                  if r.question_id in base and r.seconds > 0]
+        ratios = speedup_ratios(rs, base)
         identical = "-"
         if check_identity and baseline and m != baseline:
             same = sum(base[r.question_id].tokens == r.tokens for r in rs if r.question_id in base)
@@ -167,7 +177,7 @@ def summarize(records: Sequence[Record], baseline: str | None, check_identity: b
         cost = step_cost(rs, list(base.values())) if base else float("nan")
         out.append(Summary(
             method=m, prompts=len(rs), tau=tau,
-            forwards_per_token=sum(r.target_calls for r in rs) / max(1, sum(r.new_tokens for r in rs)),
+            forwards_per_token=forwards_per_token(rs),
             tokens_per_second=statistics.median(r.tokens_per_second for r in rs),
             speedup=_quantile(ratios, 0.5), speedup_q25=_quantile(ratios, 0.25),
             speedup_q75=_quantile(ratios, 0.75),

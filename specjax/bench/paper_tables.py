@@ -75,11 +75,6 @@ class PaperNote:
     here: str = ""  # what stands in for them (model pair is added from RunInfo)
 
 
-def _ratios(rs: Sequence[Record], base: dict[str, Record]) -> list[float]:
-    return [base[r.question_id].seconds / r.seconds for r in rs
-            if r.question_id in base and r.seconds > 0]
-
-
 def _median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -110,10 +105,10 @@ def speedup_by_task(records: Sequence[Record], info: RunInfo) -> list[str]:
     base = {r.question_id: r for r in records if r.method == info.baseline}
     rows = []
     for m, rs in _by_method(records).items():
-        cells = [_x(_median(_ratios([r for r in rs if task_of(r.category) == t], base)))
+        cells = [_x(_median(metrics.speedup_ratios([r for r in rs if task_of(r.category) == t], base)))
                  for t in tasks]
         tau = metrics.loop_tau(rs)
-        rows.append([m, *cells, _f(tau), _x(_median(_ratios(rs, base)))])
+        rows.append([m, *cells, _f(tau), _x(_median(metrics.speedup_ratios(rs, base)))])
     return _table(["Method", *tasks, "MAT (tau)", "Overall"], rows)
 
 
@@ -154,7 +149,7 @@ def leviathan(records: Sequence[Record], info: RunInfo) -> list[str]:
             tau = metrics.loop_tau(rs)
             rows.append([t, info.draft_model or "self", f"{info.temperature:g}", m, str(gamma),
                          _f(acceptance_from_tau(tau, gamma)), _f(tau),
-                         _x(_median(_ratios(rs, base)))])
+                         _x(_median(metrics.speedup_ratios(rs, base)))])
     return _table(["Task", "M_q", "Temp", "method", "gamma", "alpha", "tau", "Speed"], rows)
 
 
@@ -169,7 +164,7 @@ def block_efficiency(records: Sequence[Record], info: RunInfo) -> list[str]:
         tps = _median([r.tokens_per_second for r in rs])
         rows.append([m, _f(tau), _x(cost), _f(metrics.modelled_speedup(tau, cost)),
                      _f(1000.0 / tps if tps > 0 else float("nan"), ".1f"), _f(tps, ".2f"),
-                     _x(_median(_ratios(rs, base)))])
+                     _x(_median(metrics.speedup_ratios(rs, base)))])
     return _table(["Method", "Block efficiency (tau)", "Step cost (x AR)",
                    "MBSU (tau / step cost)", "Latency (ms/token)", "Token rate (tokens/s)",
                    "Speedup"], rows)
@@ -182,12 +177,12 @@ def best_fixed_k(records: Sequence[Record], info: RunInfo) -> list[str]:
     """
     base = {r.question_id: r for r in records if r.method == info.baseline}
     groups = _by_method(records)
-    speed = {m: _median(_ratios(rs, base)) for m, rs in groups.items()}
+    speed = {m: _median(metrics.speedup_ratios(rs, base)) for m, rs in groups.items()}
     fixed = {m: s for m, s in speed.items() if m.startswith("sd_chain(k=") and "+" not in m}
     best = max(fixed, key=fixed.get) if fixed else None
     rows = []
     for m, rs in groups.items():
-        fwd = sum(r.target_calls for r in rs) / max(1, sum(r.new_tokens for r in rs))
+        fwd = metrics.forwards_per_token(rs)
         gain = (f"{100 * (speed[m] / speed[best] - 1):+.1f}%" if best and m != best
                 and not math.isnan(speed[m]) else ("(best fixed K)" if m == best else "-"))
         rows.append([m, _f(metrics.loop_tau(rs)), _f(fwd, ".3f"), _x(speed[m]), gain])
