@@ -22,6 +22,7 @@ datastore that excludes the benchmark prompts:
 from ml_collections import ConfigDict
 
 from configs import quickstart
+from specjax.bench import prompts
 
 METHODS = ("autoregressive,pld,token_recycling,aded,bigram,max_gram,sd_chain/k=4,cs_drafting,"
            "kangaroo,swift")
@@ -35,7 +36,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.draft.prompt_lookup = 10
     c.draft.tr_template = "tr80"
     c.draft.datastore = ""
-    c.prompts.spec_bench_categories = "mt_bench,translation,summarization,qa,math_reasoning,rag"
+    c.prompts.spec_bench_categories = ",".join(prompts.SPEC_BENCH_TASKS)
     c.prompts.per_category = 10
     c.prompts.humaneval = ",".join(str(i) for i in range(0, 100, 5))
     for v in [v for v in (arg or "").split("+") if v]:

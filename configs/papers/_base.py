@@ -19,6 +19,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from configs import quickstart
+from specjax.bench import prompts
 
 QWEN, QWEN_DRAFT = "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"
 
@@ -70,5 +71,5 @@ def _is_float(s: str) -> bool:
         return False
 
 
-SPEC_BENCH_TASKS = "mt_bench,translation,summarization,qa,math_reasoning,rag"  # Spec-Bench's 6
+SPEC_BENCH_TASKS = ",".join(prompts.SPEC_BENCH_TASKS)  # Spec-Bench's 6 tasks
 HUMANEVAL_20 = ",".join(str(i) for i in range(0, 100, 5))  # problems 0-99 (tuning split)

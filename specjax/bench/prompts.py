@@ -31,6 +31,7 @@ class Prompt:
 
 
 MT_BENCH_TASK = "mt_bench"  # Spec-Bench's task name for the eight MT-bench categories
+SPEC_BENCH_TASKS = (MT_BENCH_TASK, "translation", "summarization", "qa", "math_reasoning", "rag")
 
 
 def load_spec_bench(
