@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         spec_bench_path="",  # "" = ../shared/data/spec_bench/question.jsonl
         spec_bench_categories="writing,coding,math_reasoning,summarization",
         per_category=1,
+        spec_bench_ids="",  # explicit question_ids instead of categories, e.g. "81,161"
         humaneval="0,1",  # problem indices, "" for none
         max_turns=1,
     ))
