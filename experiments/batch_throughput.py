@@ -25,6 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from specjax.bench import throughput
+from specjax.bench import experiment
 from specjax.bench.experiment import jsonable, load_models
 from specjax.bench.registry import BuildContext
 
@@ -142,6 +143,7 @@ def main(argv):
     if _CONFIG.value is None:
         raise app.UsageError("--config is required (e.g. --config=configs/batch_throughput.py)")
     cfg = throughput.from_config_dict(_CONFIG.value)
+    experiment.enable_compilation_cache()
     out = run(cfg, _WORKDIR.value)
     print(out["table"])
     print(f"results written to {_WORKDIR.value}/results.json")

@@ -2,6 +2,8 @@
 
 Overrides: `--config.max_new_tokens=128 --config.draft.k=6`. `--list` prints the
 registered methods. Outputs go to `--workdir` (see specjax.bench.experiment).
+Compiled programs are cached on disk (`experiment.enable_compilation_cache`;
+`SPECJAX_XLA_CACHE=off` disables).
 """
 
 from absl import app, flags
@@ -23,6 +25,7 @@ def main(argv):
     if _CONFIG.value is None:
         raise app.UsageError("--config is required (e.g. --config=configs/quickstart.py)")
     cfg = experiment.from_config_dict(_CONFIG.value)
+    experiment.enable_compilation_cache()
     result = experiment.run_experiment(cfg, _WORKDIR.value)
     print(result["table"])
     if "paper_table" in result:

@@ -164,6 +164,31 @@ def build_peers(cfg: ExperimentConfig, names, eos, tok) -> list[Generator]:
     return gens
 
 
+def enable_compilation_cache(path: str | Path | None = None) -> Path | None:
+    """Turns on JAX's persistent compilation cache for benchmark commands.
+
+    Default directory `<specjax cache>/xla` (`$SPECJAX_XLA_CACHE` overrides; "" or
+    "off" disables). A run with ~20 methods traces so many nested functions that
+    JAX's in-memory caches evict earlier methods' programs, and each later prompt
+    then recompiled every method (15-60 s each on SmolLM2); with the cache the
+    retrace costs seconds and XLA's compile is read back from disk. Resumed runs
+    and reruns of a config benefit too. Returns the directory, or None if off.
+    """
+    from specjax.models.assets import cache_dir
+
+    if path is None:
+        env = os.environ.get("SPECJAX_XLA_CACHE")
+        path = cache_dir() / "xla" if env is None else env
+    if str(path) in ("", "off"):
+        return None
+    path = Path(path).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
 def load_models(model: str, draft_model: str, dtype: str, layout: str, progress: bool = True,
                 target=None):
     """((cfg, params) of the target, (cfg, params) of the draft or None), placed in `layout`.
