@@ -7,7 +7,7 @@ from specjax.bench import experiment, prompts, registry
 
 
 @pytest.mark.parametrize("variant,n", [("", 80), ("qwen", 80), ("small", 8), ("tiny", 1),
-                                       ("qwen+small", 8)])
+                                       ("qwen+small", 8), ("b16", 16), ("qwen+he4", 4)])
 def test_train_free_config(variant, n):
     from configs import train_free
 
@@ -18,6 +18,8 @@ def test_train_free_config(variant, n):
     if prompts.DEFAULT_SPEC_BENCH.exists():
         assert len(items) == n
     assert (cfg.draft_model != "") == ("qwen" in variant)
+    if "he4" in variant:
+        assert cfg.max_new_tokens == 64 and all(p.category == "humaneval" for p in items)
     with pytest.raises(ValueError, match="unknown variant 'big'"):
         train_free.get_config("big")
 
