@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.model = "smollm2-135m"
     c.draft_model = ""  # asset name / path of a separate draft model; "" = self_layers
     c.dtype = "float32"
-    c.layout = "auto"  # weight layout: auto = panels on CPU (models.params.with_layout)
+    c.layout = "auto"  # weight layout: auto = measured on this CPU (models.layout_probe)
     c.methods = "autoregressive,pld,token_recycling"
     c.peers = ""  # e.g. "hf_greedy,hf_assisted,hf_prompt_lookup" (needs the peers extra)
     c.max_new_tokens = 64

@@ -47,7 +47,7 @@ def tiny_model(seed: int = 0, layout: str = "auto"):
     cfg = ModelConfig(arch="llama", vocab_size=96, dim=32, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=8, ffn_dim=64)
     params = params_lib.init_params(cfg, jax.random.key(seed), scale=0.3)
-    return cfg, params_lib.with_layout(cfg, params, layout)
+    return params_lib.with_layout(cfg, params, layout)
 
 
 def toy_prompts(n: int, vocab_size: int) -> list[list[int]]:

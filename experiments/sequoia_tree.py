@@ -77,14 +77,14 @@ def load_pair(target: str, draft: str, dtype: str, layout: str):
     from specjax.models import params as params_lib
 
     tcfg, tparams = loading.load(target, dtype, progress=False)
-    tparams = params_lib.place(tcfg, tparams, layout)
+    tcfg, tparams = params_lib.place(tcfg, tparams, layout)
     if draft.startswith("self:"):
         return (tcfg, tparams), params_lib.first_layers(tcfg, tparams, int(draft[5:]))
     dcfg, dparams = loading.load(draft, dtype, progress=False)
     if dcfg.vocab_size != tcfg.vocab_size:
         raise app.UsageError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
                              f"({tcfg.vocab_size})")
-    return (tcfg, tparams), (dcfg, params_lib.place(dcfg, dparams, layout))
+    return (tcfg, tparams), params_lib.place(dcfg, dparams, layout)
 
 
 def default_out(target: str, draft: str, sampling: Sampling) -> Path:

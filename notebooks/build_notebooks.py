@@ -89,7 +89,7 @@ QUICKSTART = [
         cfg, params = loading.load("smollm2-135m")
         tok = loading.load_tokenizer("smollm2-135m")
         eos = stop_token_ids(tok)
-    params = with_layout(cfg, params, "auto")  # column panels on CPU: cheaper small-T forwards
+    cfg, params = with_layout(cfg, params, "auto")  # on CPU: the layout measured faster here
     print(cfg)
     '''),
     md("## 2. Prompts\n\nHumanEval code prompts (raw text) and two chat prompts; "

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from specjax.models.config import ModelConfig
-from specjax.models.params import is_panelled, param_shapes
+from specjax.models.params import param_shapes
 
 # logical axis -> mesh axis (None = replicated)
 RULES: dict[str, str | None] = {
@@ -76,14 +76,15 @@ def spec_for(axes: tuple[str, ...], shape: tuple[int, ...], mesh_shape: dict[str
     return PartitionSpec(*out)
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh, panels: bool = False):
-    """NamedSharding pytree matching `models.params.param_shapes(cfg, panels)`.
+def param_shardings(cfg: ModelConfig, mesh: Mesh, panels: bool = False, shapes=None):
+    """NamedSharding pytree matching `shapes` (a pytree of shape tuples; default
+    `models.params.param_shapes(cfg, panels)`).
 
     A panelled matrix [Dout/P, Din, P] (`models.params.panelize`) is sharded
     like its [Din, Dout] original: Dout on the panel axis, whole panels per
     device.
     """
-    shapes = param_shapes(cfg, panels)
+    shapes = param_shapes(cfg, panels) if shapes is None else shapes
     mshape = dict(mesh.shape)
 
     def one(path, shape):
@@ -100,7 +101,8 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, panels: bool = False):
 
 def shard_params(params, cfg: ModelConfig, mesh: Mesh):
     """Places the parameters (plain or panelled layout) on the mesh according to `RULES`."""
-    return jax.device_put(params, param_shardings(cfg, mesh, is_panelled(params)))
+    shapes = jax.tree.map(lambda a: tuple(a.shape), params)
+    return jax.device_put(params, param_shardings(cfg, mesh, shapes=shapes))
 
 
 def constrain_cache(cache):

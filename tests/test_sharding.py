@@ -17,7 +17,8 @@ SCRIPT = textwrap.dedent("""
     from specjax.drafters.draft_model import DraftModel
     from specjax.models.config import ModelConfig
     from specjax.models.lm import DecoderLM
-    from specjax.models.params import first_layers, init_params, panelize
+    from specjax.models.layout_probe import LayoutPlan
+    from specjax.models.params import convert, first_layers, init_params, panelize
     assert len(jax.devices()) == 8, jax.devices()
     cfg = ModelConfig(arch="qwen2", vocab_size=64, dim=32, num_layers=2, num_heads=4,
                       num_kv_heads=4, head_dim=8, ffn_dim=256, qkv_bias=True)
@@ -40,9 +41,15 @@ SCRIPT = textwrap.dedent("""
     assert len(pp["layers"][0]["w_up"].sharding.device_set) == 8
     with jax.set_mesh(mesh):
         panels = decode.speculative_generate(pp, cfg, prompts, draft_params=ppd, **kw)
+    # a mixed layout (plain layers, both LM heads; models.layout_probe)
+    mcfg, mp = convert(cfg, params, LayoutPlan(body="plain", head=(2, 8)))
+    mp = sharding.shard_params(mp, mcfg, mesh)
+    assert mp["lm_head_panels"].ndim == 3 and mp["lm_head"].ndim == 2
+    with jax.set_mesh(mesh):
+        mixed = decode.speculative_generate(mp, mcfg, prompts, draft_params=spd, **kw)
     ar = decode.autoregressive_generate(params, cfg, prompts, max_new_tokens=12)
     print(json.dumps(dict(single=single.tokens, sharded=sharded.tokens, ar=ar.tokens,
-                          panels=panels.tokens)))
+                          panels=panels.tokens, mixed=mixed.tokens)))
 """)
 
 
@@ -54,7 +61,7 @@ def test_sharded_run_equals_single_device():
     assert out.returncode == 0, out.stderr[-3000:]
     import json
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["sharded"] == res["single"] == res["ar"] == res["panels"]
+    assert res["sharded"] == res["single"] == res["ar"] == res["panels"] == res["mixed"]
 
 
 def test_indivisible_dims_are_replicated():

@@ -221,7 +221,7 @@ def run_experiment(cfg: ExperimentConfig, workdir, log: Callable[[str], None] | 
     pair = []
     for name in (cfg.target, cfg.draft):
         mcfg, params = loading.load(name, cfg.dtype, progress=False)
-        pair.append((mcfg, params_lib.place(mcfg, params, cfg.layout)))
+        pair.append(params_lib.place(mcfg, params, cfg.layout))
         del params
     result = run(pair[0], pair[1], [it.ids for it in items], temperatures=cfg.temperatures,
                  ks=cfg.ks, num_tokens=cfg.num_tokens, eos_ids=stop_token_ids(tok),

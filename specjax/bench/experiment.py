@@ -58,7 +58,7 @@ class ExperimentConfig:
     methods: str
     draft_model: str = ""
     dtype: str = "float32"
-    layout: str = "auto"  # weight layout, models.params.with_layout (auto: panels on CPU)
+    layout: str = "auto"  # weight layout, models.params.with_layout (auto: measured on CPU)
     peers: str = ""
     max_new_tokens: int = 64
     chat: bool = True
@@ -201,14 +201,14 @@ def load_models(model: str, draft_model: str, dtype: str, layout: str, progress:
 
     if target is None:
         tcfg, tparams = loading.load(model, dtype, progress=progress)
-        target = (tcfg, params_lib.place(tcfg, tparams, layout))
+        target = params_lib.place(tcfg, tparams, layout)
     draft = None
     if draft_model:
         dcfg, dparams = loading.load(draft_model, dtype, progress=progress)
         if dcfg.vocab_size != target[0].vocab_size:
             raise ValueError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
                              f"({target[0].vocab_size})")
-        draft = (dcfg, params_lib.place(dcfg, dparams, layout))
+        draft = params_lib.place(dcfg, dparams, layout)
     return target, draft
 
 

@@ -33,6 +33,10 @@ class ModelConfig:
       max_position_embeddings: informational; the cache size is chosen by
         the caller.
       dtype: parameter / activation dtype name ("float32" or "bfloat16").
+      panel_head_rows: (lo, hi): a forward of M = lo..hi rows (batch x tokens)
+        uses the panelled LM head when the params hold one and a plain head
+        too (`models.params.convert`, chosen per machine by
+        `models.layout_probe`); not part of the architecture.
     """
 
     arch: str
@@ -49,6 +53,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     max_position_embeddings: int = 2048
     dtype: str = "float32"
+    panel_head_rows: tuple[int, int] = (1, 2**31 - 1)
 
     def __post_init__(self):
         if self.arch not in SUPPORTED_ARCHITECTURES:

@@ -19,6 +19,7 @@ L layers.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -156,9 +157,16 @@ def transformer(
 
 
 def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
-    """[..., D] -> [..., V] float32 logits."""
-    if "lm_head_panels" in params:  # models.params.panelize
-        return dense(h, params["lm_head_panels"]).astype(jnp.float32)
+    """[..., D] -> [..., V] float32 logits.
+
+    With both a panelled and a plain head (`models.params.convert`), the row
+    count M = prod(h.shape[:-1]) (static) picks one: panels iff M is in
+    `cfg.panel_head_rows`, the range `models.layout_probe` measured faster."""
+    has_plain = cfg.tie_embeddings or "lm_head" in params
+    if "lm_head_panels" in params:
+        lo, hi = cfg.panel_head_rows
+        if not has_plain or lo <= math.prod(h.shape[:-1]) <= hi:
+            return dense(h, params["lm_head_panels"]).astype(jnp.float32)
     w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
     return jnp.matmul(h, w, preferred_element_type=jnp.float32)
 

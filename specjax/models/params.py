@@ -28,8 +28,11 @@ the matmuls directly. The forward unrolls the layers instead.
 On CPU the matrices can also be stored in the panel layout of
 `models.linear` (`panelize`: each [Din, Dout] matrix as [Dout/P, Din, P]
 panels, the LM head as `lm_head_panels`), which `decoder.dense` multiplies
-without XLA:CPU's per-call weight repacking; `with_layout(cfg, params,
-"auto")` picks it on CPU. Loaders always return the plain layout.
+without XLA:CPU's per-call weight repacking. Which layout is faster depends
+on the CPU, so `with_layout(cfg, params, "auto")` / `place` measure it once per
+machine (`models.layout_probe`) and may mix them: plain layer matrices with the
+LM head in both layouts, picked per forward by its row count
+(`ModelConfig.panel_head_rows`). Loaders always return the plain layout.
 
 Every loader (HF safetensors directories, GGUF files) produces a mapping from
 HuggingFace tensor names (`model.layers.3.self_attn.q_proj.weight`, ...) to
@@ -46,8 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.models import linear
+from specjax.models import layout_probe, linear
 from specjax.models.config import ModelConfig
+from specjax.models.layout_probe import LayoutPlan
 
 Params = dict
 
@@ -115,7 +119,13 @@ def panel_shape(shape: tuple[int, int]) -> tuple[int, int, int]:
 
 
 def is_panelled(params: Params) -> bool:
-    return "lm_head_panels" in params
+    """Whether the layer matrices are in the panel layout."""
+    return params["layers"][0]["wq"].ndim == 3 if params.get("layers") else False
+
+
+def _panel_head(cfg: ModelConfig, params: Params):
+    return (linear.prepare_weight_out_in(params["embed"]) if cfg.tie_embeddings
+            else linear.prepare_weight(params["lm_head"]))
 
 
 def panelize(cfg: ModelConfig, params: Params) -> Params:
@@ -126,86 +136,114 @@ def panelize(cfg: ModelConfig, params: Params) -> Params:
     embeddings that is a second copy of the embedding (+V*D floats: 113 MB for
     SmolLM2-135M, 933 MB for Qwen2.5-1.5B), since the token lookup still reads
     `embed` [V, D]. `decoder.dense` multiplies either layout, so the decoder,
-    drafters and caches are unchanged; only the speed differs: on CPU verifying
-    T = 2..8 tokens stops paying XLA:CPU's per-call weight repacking (see
-    `models.linear` and the README's performance section). Results equal the
-    plain layout up to float32 summation order. Works on numpy (loaders) and
-    jax arrays; `unpanelize` inverts it.
+    drafters and caches are unchanged; only the speed differs (see
+    `models.linear`, `models.layout_probe` and the README's performance
+    section). Results equal the plain layout up to float32 summation order.
+    Works on numpy (loaders) and jax arrays; `unpanelize` inverts it.
     """
-    if is_panelled(params):
-        return params
-    layers = [dict(lp, **{k: linear.prepare_weight(lp[k]) for k in PANELLED})
-              for lp in params["layers"]]
-    head = (linear.prepare_weight_out_in(params["embed"]) if cfg.tie_embeddings
-            else linear.prepare_weight(params["lm_head"]))
-    out = {k: v for k, v in params.items() if k != "lm_head"}
-    return dict(out, layers=layers, lm_head_panels=head)
+    return convert(cfg, params, PANELS)[1]
+
+
+def unpanelize(cfg: ModelConfig, params: Params) -> Params:
+    """Inverse of `panelize`: the plain [Din, Dout] layout of this module."""
+    return convert(cfg, params, PLAIN)[1]
 
 
 LAYOUTS = ("auto", "plain", "panels")
+ALL_ROWS = (1, 2**31 - 1)  # ModelConfig.panel_head_rows: the panelled head at every M
+PLAIN = LayoutPlan(body="plain", head=None)
+PANELS = LayoutPlan(body="panels", head=ALL_ROWS)
 
 
-def resolve_layout(layout: str) -> str:
-    """"plain" or "panels" for a `LAYOUTS` name ("auto": panels on the CPU backend)."""
+def resolve_layout(cfg: ModelConfig, layout: str | LayoutPlan) -> LayoutPlan:
+    """The `LayoutPlan` of a `LAYOUTS` name: "plain", "panels" (panelled layer
+    matrices and LM head), or "auto": on the CPU backend, what
+    `layout_probe.probe` measures faster on this machine for these shapes
+    (cached per machine); plain on accelerators."""
+    if isinstance(layout, LayoutPlan):
+        return layout
     if layout not in LAYOUTS:
         raise ValueError(f"unknown weight layout {layout!r}; valid: {LAYOUTS}")
     if layout == "auto":
-        return "panels" if jax.default_backend() == "cpu" else "plain"
-    return layout
+        if jax.default_backend() != "cpu" or jnp.dtype(cfg.dtype) != jnp.float32:
+            return PLAIN
+        return layout_probe.probe(cfg)
+    return PANELS if layout == "panels" else PLAIN
 
 
-def with_layout(cfg: ModelConfig, params: Params, layout: str = "auto") -> Params:
-    """`params` in the weight layout `layout`: "plain" ([Din, Dout]), "panels"
-    (`panelize`) or "auto" = panels when JAX's default backend is the CPU (where
-    they make verifying 2-8 tokens 1.2-1.5x cheaper, README performance section)
-    and plain elsewhere (accelerator matmuls need no such layout)."""
-    layout = resolve_layout(layout)
-    return panelize(cfg, params) if layout == "panels" else unpanelize(cfg, params)
+def convert(cfg: ModelConfig, params: Params, plan: LayoutPlan, put=None,
+            consume: bool = False) -> tuple[ModelConfig, Params]:
+    """`(cfg, params)` in the layout `plan`, from either layout.
+
+    Layer matrices are panelled iff `plan.body == "panels"`. The LM head is
+    kept panelled (`lm_head_panels`) iff `plan.head` is set, and plain
+    (`lm_head`; the embedding itself when tied) unless the panelled head serves
+    every row count; `cfg.panel_head_rows` is set to `plan.head`, which
+    `decoder.logits_from_hidden` reads to pick one by the static row count.
+
+    put: applied to every output leaf (e.g. `jax.device_put`); with `consume`
+    the input dicts are emptied as leaves are converted, so that host and
+    device copies do not coexist (see `place`).
+    """
+    put = put or (lambda a: a)
+    get = (lambda d, k: d.pop(k)) if consume else (lambda d, k: d[k])
+    want_panel_head = plan.head is not None
+    want_plain_head = not cfg.tie_embeddings and plan.head != ALL_ROWS
+    out: Params = {}
+    plain_head = params.get("lm_head")
+    if plain_head is None and not cfg.tie_embeddings and want_plain_head:
+        plain_head = linear.unprepare_weight(params["lm_head_panels"])
+    if want_panel_head:  # first: for tied embeddings it reads the embedding
+        head = params.get("lm_head_panels")
+        out["lm_head_panels"] = put(head if head is not None else _panel_head(cfg, params))
+        del head
+    if want_plain_head:
+        out["lm_head"] = put(plain_head)
+    del plain_head
+    for k in ("lm_head", "lm_head_panels"):
+        if consume:
+            params.pop(k, None)
+    layers = get(params, "layers")
+    out["layers"] = []
+    for i in range(len(layers)):
+        lp = layers[i] if not consume else layers.pop(0)
+        new = {}
+        for k in list(lp):
+            w = get(lp, k)
+            if k in PANELLED:
+                if plan.body == "panels" and w.ndim == 2:
+                    w = linear.prepare_weight(w)
+                elif plan.body == "plain" and w.ndim == 3:
+                    w = linear.unprepare_weight(w)
+            new[k] = put(w)
+            del w
+        out["layers"].append(new)
+    for k in [k for k in params if k not in ("lm_head", "lm_head_panels", "layers")]:
+        out[k] = put(get(params, k))
+    order = ["embed", "layers", "final_norm", "lm_head", "lm_head_panels"]
+    out = {k: out[k] for k in sorted(out, key=lambda k: order.index(k) if k in order else 99)}
+    return cfg.replace(panel_head_rows=plan.head or ALL_ROWS), out
 
 
-def place(cfg: ModelConfig, params: Params, layout: str = "auto") -> Params:
-    """Host (numpy) params -> device arrays in `layout` (see `with_layout`), one
-    matrix at a time, consuming `params`.
+def with_layout(cfg: ModelConfig, params: Params,
+                layout: str | LayoutPlan = "auto") -> tuple[ModelConfig, Params]:
+    """`(cfg, params)` in the weight layout `layout` ("plain", "panels",
+    "auto" or a `LayoutPlan`, see `resolve_layout`); the returned cfg carries
+    which row counts use the panelled LM head. Works on numpy and jax arrays."""
+    return convert(cfg, params, resolve_layout(cfg, layout))
+
+
+def place(cfg: ModelConfig, params: Params,
+          layout: str | LayoutPlan = "auto") -> tuple[ModelConfig, Params]:
+    """Host (numpy) params -> `(cfg, device params)` in `layout` (see
+    `with_layout`), one matrix at a time, consuming `params`.
 
     `jax.device_put(with_layout(cfg, params))` holds three full copies at its
     peak (host plain, host panels, device), 20 GB for Qwen2.5-1.5B in float32;
     this converts and places leaf by leaf and drops each host array from
     `params` (which is emptied), so the peak is one model plus one matrix.
     """
-    layout = resolve_layout(layout)
-    if is_panelled(params):
-        params = unpanelize(cfg, params) if layout == "plain" else params
-    panels = layout == "panels" and not is_panelled(params)
-    out: Params = {}
-    if panels:  # the LM head first: for tied embeddings it reads the embedding
-        head = (linear.prepare_weight_out_in(params["embed"]) if cfg.tie_embeddings
-                else linear.prepare_weight(params.pop("lm_head")))
-        out["lm_head_panels"] = jax.device_put(head)
-        del head
-    layers = params.pop("layers")
-    out["layers"] = []
-    while layers:
-        lp = layers.pop(0)
-        for k in list(lp):
-            w = lp.pop(k)
-            lp[k] = jax.device_put(linear.prepare_weight(w) if panels and k in PANELLED else w)
-            del w
-        out["layers"].append(lp)
-    for k in list(params):
-        out[k] = jax.device_put(params.pop(k))
-    return out
-
-
-def unpanelize(cfg: ModelConfig, params: Params) -> Params:
-    """Inverse of `panelize`: the plain [Din, Dout] layout of this module."""
-    if not is_panelled(params):
-        return params
-    layers = [dict(lp, **{k: linear.unprepare_weight(lp[k]) for k in PANELLED})
-              for lp in params["layers"]]
-    out = {k: v for k, v in params.items() if k != "lm_head_panels"}
-    if not cfg.tie_embeddings:
-        out["lm_head"] = linear.unprepare_weight(params["lm_head_panels"])
-    return dict(out, layers=layers)
+    return convert(cfg, params, resolve_layout(cfg, layout), put=jax.device_put, consume=True)
 
 
 def abstract_params(cfg: ModelConfig) -> Params:

@@ -15,6 +15,7 @@ from specjax.models import cache as kvcache
 from specjax.models import decoder
 from specjax.models import params as P
 from specjax.models.config import ModelConfig
+from specjax.models.layout_probe import LayoutPlan
 from specjax.models.lm import DecoderLM
 
 BASE = dict(vocab_size=96, dim=64, num_layers=2, head_dim=16, ffn_dim=96)
@@ -47,7 +48,9 @@ def test_round_trip_and_shapes(model):
     assert jax.tree.structure(back) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert P.panelize(cfg, panels) is panels  # idempotent
+    again = P.panelize(cfg, panels)  # idempotent
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(panels)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     hf = P.params_to_hf_tensors(cfg, panels)  # writers see the plain layout
     for k, v in P.params_to_hf_tensors(cfg, params).items():
         np.testing.assert_array_equal(hf[k], v)
@@ -64,10 +67,47 @@ def test_numpy_panels_equal_jax_panels(model):
 def test_with_layout():
     cfg = CASES["llama-gqa-untied"]
     params = P.init_params(cfg, jax.random.key(0))
-    assert P.is_panelled(P.with_layout(cfg, params, "auto")) == (jax.default_backend() == "cpu")
-    assert not P.is_panelled(P.with_layout(cfg, P.panelize(cfg, params), "plain"))
+    pcfg, panels = P.with_layout(cfg, params, "panels")
+    assert P.is_panelled(panels) and pcfg.panel_head_rows == P.ALL_ROWS
+    qcfg, plain = P.with_layout(pcfg, panels, "plain")
+    assert not P.is_panelled(plain) and "lm_head_panels" not in plain and "lm_head" in plain
     with pytest.raises(ValueError, match="layout"):
         P.with_layout(cfg, params, "columns")
+
+
+def test_auto_layout_is_the_probed_plan(monkeypatch):
+    cfg = CASES["qwen2-bias-tied"]
+    params = P.init_params(cfg, jax.random.key(0))
+    plan = LayoutPlan(body="plain", head=(2, 4))
+    monkeypatch.setattr(P.layout_probe, "probe", lambda c: plan)
+    monkeypatch.setattr(P.jax, "default_backend", lambda: "cpu")
+    mcfg, mixed = P.with_layout(cfg, params, "auto")
+    assert mcfg.panel_head_rows == (2, 4) and not P.is_panelled(mixed)
+    assert mixed["lm_head_panels"].ndim == 3 and "lm_head" not in mixed  # tied: embed is plain
+    monkeypatch.setattr(P.jax, "default_backend", lambda: "gpu")
+    assert P.resolve_layout(cfg, "auto") == P.PLAIN
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mixed_layout_picks_the_head_by_rows(case):
+    """Plain layers + both heads: the panelled head serves M in panel_head_rows,
+    the plain one the rest (a zeroed panelled head shows which one ran)."""
+    cfg = CASES[case]
+    params = P.init_params(cfg, jax.random.key(2), scale=0.2)
+    mcfg, mixed = P.convert(cfg, params, LayoutPlan(body="plain", head=(2, 3)))
+    assert not P.is_panelled(mixed) and (cfg.tie_embeddings or "lm_head" in mixed)
+    zeroed = dict(mixed, lm_head_panels=jnp.zeros_like(mixed["lm_head_panels"]))
+    for m in (1, 2, 3, 4, 6):
+        h = jax.random.normal(jax.random.key(m), (m, cfg.dim))
+        want = decoder.logits_from_hidden(params, cfg, h)
+        np.testing.assert_allclose(decoder.logits_from_hidden(mixed, mcfg, h), want,
+                                   rtol=1e-5, atol=1e-5)
+        got = np.asarray(decoder.logits_from_hidden(zeroed, mcfg, h))
+        assert (not got.any()) == (2 <= m <= 3), m
+    back_cfg, back = P.convert(mcfg, mixed, P.PLAIN)
+    assert back_cfg.panel_head_rows == P.ALL_ROWS and "lm_head_panels" not in back
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("T", [1, 3, 9])
@@ -108,8 +148,9 @@ def test_greedy_tokens_equal_plain_layout(model):
 def test_place_consumes_host_params(model, layout):
     cfg, params = model
     host = jax.tree.map(np.asarray, params)
-    placed = P.place(cfg, host, layout)
+    pcfg, placed = P.place(cfg, host, layout)
     assert host == {}, "place empties its input as it goes"
+    assert (pcfg.panel_head_rows == P.ALL_ROWS)
     want = P.panelize(cfg, params) if layout == "panels" else params
     assert jax.tree.structure(placed) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(want)):
