@@ -34,6 +34,7 @@ import numpy as np
 from jax import lax
 
 from specjax.models import linear as lin
+from specjax.models.layout_probe import chain, time_interleaved
 
 SHAPES = {  # name: (Din, Dout)
     "smol_q_o": (576, 576),
@@ -123,38 +124,6 @@ def _prepare(layout: str, w: np.ndarray):
     raise ValueError(layout)
 
 
-def _chain(fn, dout: int, options):
-    """One jitted call running fn over every weight copy in sequence."""
-
-    def run(x, ws):
-        acc = jnp.zeros((x.shape[0], dout), jnp.float32)
-        for w in ws:
-            y = fn(x, w).astype(jnp.float32)
-            acc = acc + y
-            x = x + 1e-3 * jnp.mean(y, axis=-1, keepdims=True)  # serialises the chain
-        return acc
-
-    return jax.jit(run, compiler_options=options) if options else jax.jit(run)
-
-
-def _time_interleaved(calls: dict, reps: int, budget_s: float) -> tuple[dict, int]:
-    """Median seconds per call; rounds = reps, fewer (>= 3) if over budget_s."""
-    for f in calls.values():  # compile + warm up
-        jax.block_until_ready(f())
-    times = {k: [] for k in calls}
-    t0 = time.perf_counter()
-    for k, f in calls.items():
-        jax.block_until_ready(f())
-    round_s = time.perf_counter() - t0
-    reps = max(3, min(reps, int(budget_s / max(round_s, 1e-9))))
-    for _ in range(reps):
-        for k, f in calls.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(f())
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}, reps
-
-
 def bench_shape(name, din, dout, tokens, variants, args):
     nbytes = din * dout * 4
     copies = 1 if args.stream_mb <= 0 else int(
@@ -167,7 +136,7 @@ def bench_shape(name, din, dout, tokens, variants, args):
         if layout not in prepared:
             prepared[layout] = [_prepare(layout, w) for w in ws]
     del ws
-    fns = {v: _chain(VARIANTS[v][1], dout, VARIANTS[v][2]) for v in variants}
+    fns = {v: chain(VARIANTS[v][1], dout, VARIANTS[v][2]) for v in variants}
     xs = {t: jnp.asarray(rng.standard_normal((t, din), np.float32)) for t in tokens}
     # correctness against the first variant (float rounding only, bf16 excepted)
     for t in tokens:
@@ -180,7 +149,7 @@ def bench_shape(name, din, dout, tokens, variants, args):
     load0 = os.getloadavg()[0]
     calls = {(v, t): functools.partial(fns[v], xs[t], prepared[VARIANTS[v][0]])
              for v in variants for t in tokens}
-    med, reps = _time_interleaved(calls, args.reps, args.budget_s)
+    med, reps = time_interleaved(calls, args.reps, args.budget_s)
     load1 = os.getloadavg()[0]
     ms = {k: 1e3 * s / copies for k, s in med.items()}
     return {"name": name, "din": din, "dout": dout, "copies": copies,
