@@ -26,7 +26,6 @@ import functools
 import json
 import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp

@@ -40,7 +40,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -208,9 +208,10 @@ def _cpu_name() -> str:
 
 
 def cache_key(cfg: ModelConfig) -> str:
-    what = dict(cpu=_cpu_name(), cores=os.cpu_count(), jax=jax.__version__, v=VERSION,
-                shapes=layer_shapes(cfg), head=(cfg.dim, cfg.vocab_size),
-                tied=cfg.tie_embeddings, xla_flags=os.environ.get("XLA_FLAGS", ""))
+    """Names one probe: this CPU, core count, JAX version, XLA flags and cfg's shapes."""
+    what = {"cpu": _cpu_name(), "cores": os.cpu_count(), "jax": jax.__version__, "v": VERSION,
+            "shapes": layer_shapes(cfg), "head": (cfg.dim, cfg.vocab_size),
+            "tied": cfg.tie_embeddings, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

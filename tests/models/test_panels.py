@@ -69,7 +69,7 @@ def test_with_layout():
     params = P.init_params(cfg, jax.random.key(0))
     pcfg, panels = P.with_layout(cfg, params, "panels")
     assert P.is_panelled(panels) and pcfg.panel_head_rows == P.ALL_ROWS
-    qcfg, plain = P.with_layout(pcfg, panels, "plain")
+    _, plain = P.with_layout(pcfg, panels, "plain")
     assert not P.is_panelled(plain) and "lm_head_panels" not in plain and "lm_head" in plain
     with pytest.raises(ValueError, match="layout"):
         P.with_layout(cfg, params, "columns")
