@@ -39,8 +39,8 @@ import math
 import os
 import platform
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
