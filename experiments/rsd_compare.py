@@ -2,9 +2,10 @@
 
     python -m experiments.rsd_compare                        # SmolLM2-135M, 3 prompts x 32 tokens
     python -m experiments.rsd_compare --budgets=7,13 --seeds=0,1,2 --temperature=0.7
+    python -m experiments.rsd_compare --target=qwen2.5-coder-1.5b --draft=qwen2.5-coder-0.5b
 
 Both methods draft with the same draft model (by default a self-draft: the
-target's first `--self_layers` layers) and are verified by recursive
+target's first layers, `--draft=self:L`) and are verified by recursive
 rejection sampling without replacement (`verify.tree_rrs(replacement=False)`),
 so both are lossless; at equal node count N (root included, = tokens the
 target verifies per call) they differ only in the tree:
@@ -118,30 +119,32 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def smollm2_setup(self_layers: int, questions: Sequence[str]):
-    """SmolLM2-135M target, its first `self_layers` layers as draft, chat-templated prompts."""
+def setup(target: str, draft: str, questions: Sequence[str], layout: str = "auto"):
+    """Target and draft (`bench.experiment.load_models`: "self:L" = the target's
+    first L layers), the chat-templated Spec-Bench prompts, and the stop ids."""
+    from specjax.bench.experiment import load_models
     from specjax.bench.prompts import load_spec_bench
     from specjax.bench.runner import encode_turns
     from specjax.models import loading
-    from specjax.models.params import first_layers
     from specjax.models.tokenizer import stop_token_ids
 
-    cfg, params = loading.load("smollm2-135m", progress=False)
-    tok = loading.load_tokenizer("smollm2-135m", progress=False)
-    params = jax.device_put(params)
+    tok = loading.load_tokenizer(target, progress=False)
     by_id = {p.question_id: p for p in load_spec_bench(max_turns=1)}
     missing = [q for q in questions if q not in by_id]
     if missing:
         raise ValueError(f"unknown Spec-Bench question ids {missing}")
     prompts = [encode_turns(tok, by_id[q], [], chat=True) for q in questions]
-    return (cfg, params), first_layers(cfg, params, self_layers), prompts, stop_token_ids(tok)
+    tgt, drf = load_models(target, draft, "float32", layout, progress=False)
+    return tgt, drf, prompts, stop_token_ids(tok)
 
 
 _BUDGETS = flags.DEFINE_list("budgets", ["7", "13"], "Node budgets N (root included).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "PRNG seeds (runs pooled).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "Sampling temperature (> 0).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 32, "New tokens per prompt.")
-_SELF_LAYERS = flags.DEFINE_integer("self_layers", 10, "Draft = the target's first layers.")
+_TARGET = flags.DEFINE_string("target", "smollm2-135m", "Target model (asset, GGUF or HF dir).")
+_DRAFT = flags.DEFINE_string("draft", "self:10", "Draft: a model, or self:L = the target's "
+                             "first L layers.")
 _QUESTIONS = flags.DEFINE_list("questions", list(DEFAULT_QUESTIONS), "Spec-Bench question ids.")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 
@@ -150,8 +153,8 @@ def main(argv):
     del argv
     if _TEMPERATURE.value <= 0:
         raise app.UsageError("RSD compares sampling methods: --temperature must be > 0")
-    target, draft, prompts, eos = smollm2_setup(_SELF_LAYERS.value, _QUESTIONS.value)
-    print(f"SmolLM2-135M target, first {_SELF_LAYERS.value} layers as draft; "
+    target, draft, prompts, eos = setup(_TARGET.value, _DRAFT.value, _QUESTIONS.value)
+    print(f"target {_TARGET.value}, draft {_DRAFT.value}; "
           f"{len(prompts)} prompts x {_MAX_NEW.value} tokens, T={_TEMPERATURE.value}", flush=True)
     rows = compare(target, draft, prompts, [int(b) for b in _BUDGETS.value],
                    temperature=_TEMPERATURE.value, max_new_tokens=_MAX_NEW.value,

@@ -73,18 +73,12 @@ def select_prompts(spec: str, path: str, per_category: int, num: int):
 
 def load_pair(target: str, draft: str, dtype: str, layout: str):
     """((target cfg, params), (draft cfg, params)); "self:L" shares the target's layers."""
-    from specjax.models import loading
-    from specjax.models import params as params_lib
+    from specjax.bench.experiment import load_models
 
-    tcfg, tparams = loading.load(target, dtype, progress=False)
-    tcfg, tparams = params_lib.place(tcfg, tparams, layout)
-    if draft.startswith("self:"):
-        return (tcfg, tparams), params_lib.first_layers(tcfg, tparams, int(draft[5:]))
-    dcfg, dparams = loading.load(draft, dtype, progress=False)
-    if dcfg.vocab_size != tcfg.vocab_size:
-        raise app.UsageError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
-                             f"({tcfg.vocab_size})")
-    return (tcfg, tparams), params_lib.place(dcfg, dparams, layout)
+    try:
+        return load_models(target, draft, dtype, layout, progress=False)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
 
 
 def default_out(target: str, draft: str, sampling: Sampling) -> Path:

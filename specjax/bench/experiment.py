@@ -193,6 +193,8 @@ def load_models(model: str, draft_model: str, dtype: str, layout: str, progress:
                 target=None):
     """((cfg, params) of the target, (cfg, params) of the draft or None), placed in `layout`.
 
+    `draft_model`: "" (none), an asset name / path, or "self:L": the target's
+    first L layers (`models.params.first_layers`, sharing its arrays).
     `target` = an already loaded (cfg, params) to use instead of loading `model`.
     Raises ValueError when the draft's vocabulary differs from the target's.
     """
@@ -203,7 +205,9 @@ def load_models(model: str, draft_model: str, dtype: str, layout: str, progress:
         tcfg, tparams = loading.load(model, dtype, progress=progress)
         target = params_lib.place(tcfg, tparams, layout)
     draft = None
-    if draft_model:
+    if draft_model.startswith("self:"):
+        draft = params_lib.first_layers(*target, int(draft_model[5:]))
+    elif draft_model:
         dcfg, dparams = loading.load(draft_model, dtype, progress=progress)
         if dcfg.vocab_size != target[0].vocab_size:
             raise ValueError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
