@@ -30,3 +30,4 @@ def test_cache_dir_from_argument_env_and_off(tmp_path, monkeypatch):
             assert jax.config.jax_compilation_cache_dir == old  # untouched
     finally:
         _restore(old)
+
