@@ -215,17 +215,30 @@ def cache_key(cfg: ModelConfig) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def probe(cfg: ModelConfig, cache: str | Path | None = None, verbose: bool = True) -> LayoutPlan:
-    """The measured plan for `cfg` on this machine, from `<cache>/layout/` if
-    this CPU, JAX version and these shapes were probed before."""
+def probe_path(cfg: ModelConfig, cache: str | Path | None = None) -> Path:
+    """Where the probe of `cfg` on this machine is cached."""
     from specjax.models.assets import cache_dir
 
-    path = Path(cache or cache_dir()) / "layout" / f"{cache_key(cfg)}.json"
-    if path.exists():
-        rec = json.loads(path.read_text())
-        times = {"rows": rec["rows"],
-                 **{k: {v: {int(m): t for m, t in d.items()} for v, d in rec[k].items()}
-                    for k in ("layer_ms", "head_ms")}}
+    return Path(cache or cache_dir()) / "layout" / f"{cache_key(cfg)}.json"
+
+
+def read_times(path: Path) -> dict:
+    """The times `measure` returned, from a probe file (JSON keys are strings)."""
+    rec = json.loads(Path(path).read_text())
+    return {"rows": rec["rows"],
+            **{k: {v: {int(m): t for m, t in d.items()} for v, d in rec[k].items()}
+               for k in ("layer_ms", "head_ms")}}
+
+
+def probe(cfg: ModelConfig, cache: str | Path | None = None, verbose: bool = True,
+          force: bool = False) -> LayoutPlan:
+    """The measured plan for `cfg` on this machine, from `<cache>/layout/` if
+    this CPU, JAX version and these shapes were probed before (`force`:
+    measure again). Measure on an otherwise idle machine: another process on
+    the 2 cores skews the comparison."""
+    path = probe_path(cfg, cache)
+    if path.exists() and not force:
+        times = read_times(path)
     else:
         if verbose:
             print(f"[layout] probing plain vs panel weights for D={cfg.dim} V={cfg.vocab_size} "
@@ -240,3 +253,36 @@ def probe(cfg: ModelConfig, cache: str | Path | None = None, verbose: bool = Tru
         print(f"[layout] auto -> body {plan.body}, panelled LM head for rows {plan.head}",
               flush=True)
     return plan
+
+
+def table(times: dict) -> str:
+    """Markdown: ms per layer (layer matrices) and of the LM head, both layouts, per M."""
+    rows = times["rows"]
+    out = ["| part | layout | " + " | ".join(f"M={m}" for m in rows) + " |",
+           "|---|---" + "|---" * len(rows) + "|"]
+    for part, name in (("layer_ms", "layer matrices, ms/layer"), ("head_ms", "LM head, ms")):
+        for v in ("plain", "panels"):
+            out.append(f"| {name} | {v} | "
+                       + " | ".join(f"{times[part][v][m]:.2f}" for m in rows) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Probe plain vs panel weights for a model's shapes "
+                                             "on this machine (what layout=auto uses).")
+    ap.add_argument("model", help="asset name, GGUF file or HF dir")
+    ap.add_argument("--force", action="store_true", help="measure again even if cached")
+    args = ap.parse_args(argv)
+    from specjax.models import loading
+
+    cfg = loading.load(args.model, progress=False)[0]
+    plan = probe(cfg, force=args.force)
+    times = read_times(probe_path(cfg))
+    print(table(times))
+    print(f"plan: layers {plan.body}, panelled LM head for rows {plan.head}")
+
+
+if __name__ == "__main__":
+    main()
