@@ -51,10 +51,25 @@ CHILD_RULES = ("iid", "without_replacement", "topk", "greedy_draft")
 
 
 @flax.struct.dataclass
-class DraftModelState:
+class DraftCacheState:
+    """State of a drafter running its own draft LM over the committed text
+    (DraftModel, DySpec, RSD-S): the draft's KV cache and the one committed
+    token it has not forwarded yet (forwarded with the next proposal's root)."""
+
     cache: Any  # the draft model's cache (committed tokens exclude the root)
     pending: jax.Array  # int32[B] a committed token not yet in the draft cache
     has_pending: jax.Array  # bool[B]
+
+
+def initial_state(model: LanguageModel, params, tokens, lengths, max_len) -> DraftCacheState:
+    """The state after prefilling the prompts (`prefilled_cache`), nothing pending."""
+    B = tokens.shape[0]
+    return DraftCacheState(cache=prefilled_cache(model, params, tokens, lengths, max_len),
+                           pending=jnp.zeros((B,), jnp.int32), has_pending=jnp.zeros((B,), bool))
+
+
+@flax.struct.dataclass
+class DraftModelState(DraftCacheState):
     levels_run: jax.Array  # int32[] tree levels forwarded by the last proposal
 
 
@@ -98,10 +113,8 @@ class DraftModel:
 
     # -- protocol -----------------------------------------------------------
     def init(self, params, tokens, lengths, max_len):
-        B = tokens.shape[0]
-        cache = prefilled_cache(self.model, params, tokens, lengths, max_len)
-        return DraftModelState(cache=cache, pending=jnp.zeros((B,), jnp.int32),
-                               has_pending=jnp.zeros((B,), bool),
+        s = initial_state(self.model, params, tokens, lengths, max_len)
+        return DraftModelState(cache=s.cache, pending=s.pending, has_pending=s.has_pending,
                                levels_run=jnp.zeros((), jnp.int32))
 
     # `speculative_loop` passes `expand` when the method has a policy (see

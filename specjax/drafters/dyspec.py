@@ -98,7 +98,7 @@ import jax.numpy as jnp
 
 from specjax import trees
 from specjax.drafters.base import Proposal
-from specjax.drafters.draft_model import prefilled_cache, provisional_slots
+from specjax.drafters.draft_model import DraftCacheState, initial_state, provisional_slots
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 
@@ -173,13 +173,6 @@ def select(score: jax.Array, count: int):
 # ----------------------------------------------------------------------------
 # The drafter.
 # ----------------------------------------------------------------------------
-
-
-@flax.struct.dataclass
-class DySpecState:
-    cache: Any  # the draft model's cache (committed tokens exclude the root)
-    pending: jax.Array  # int32[B] a committed token not yet in the draft cache
-    has_pending: jax.Array  # bool[B]
 
 
 @flax.struct.dataclass
@@ -270,12 +263,9 @@ class DySpec:
 
     # -- protocol -----------------------------------------------------------
     def init(self, params, tokens, lengths, max_len):
-        B = tokens.shape[0]
-        cache = prefilled_cache(self.model, params, tokens, lengths, max_len)
-        return DySpecState(cache=cache, pending=jnp.zeros((B,), jnp.int32),
-                           has_pending=jnp.zeros((B,), bool))
+        return initial_state(self.model, params, tokens, lengths, max_len)
 
-    def propose(self, params, state: DySpecState, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: DraftCacheState, root, key, sampling: Sampling) -> Proposal:
         """Grows one tree per row: run the root, then rounds of select R + run them."""
         model, N, K, R = self.model, self.num_nodes, self.max_children, self.nodes_per_round
         B, V = root.shape[0], model.vocab_size
@@ -353,7 +343,7 @@ class DySpec:
         tree = trees.Tree(tokens=g.tokens, parent=g.parent, valid=g.valid)
         return Proposal(tree=tree, draft_probs=g.q, state=state.replace(cache=g.cache))
 
-    def update(self, params, state: DySpecState, tree, result, target_logits):
+    def update(self, params, state: DraftCacheState, tree, result, target_logits):
         """Compacts the accepted path's draft keys/values; an accepted node of the
         last round (never run) becomes pending."""
         n = result.num_accepted  # [B]

@@ -63,15 +63,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
 from specjax import trees
 from specjax.drafters.base import Proposal
-from specjax.drafters.draft_model import commit_path, prefilled_cache, provisional_slots
+from specjax.drafters.draft_model import (
+    DraftCacheState,
+    commit_path,
+    initial_state,
+    provisional_slots,
+)
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 
@@ -169,13 +172,6 @@ def select_beams(
 # ----------------------------------------------------------------------------
 
 
-@flax.struct.dataclass
-class StochasticBeamState:
-    cache: Any  # the draft model's cache (committed tokens exclude the root)
-    pending: jax.Array  # int32[B] a committed token not yet in the draft cache
-    has_pending: jax.Array  # bool[B]
-
-
 @dataclasses.dataclass(frozen=True)
 class StochasticBeam:
     """RSD-S drafter: stochastic beam search with an independent draft LM.
@@ -228,16 +224,13 @@ class StochasticBeam:
 
     # -- protocol -----------------------------------------------------------
     def init(self, params, tokens, lengths, max_len):
-        B = tokens.shape[0]
-        cache = prefilled_cache(self.model, params, tokens, lengths, max_len)
-        return StochasticBeamState(cache=cache, pending=jnp.zeros((B,), jnp.int32),
-                                   has_pending=jnp.zeros((B,), bool))
+        return initial_state(self.model, params, tokens, lengths, max_len)
 
     def gumbels(self, key: jax.Array, batch: int) -> jax.Array:
         """The Gumbel noise `propose` uses with `key`: f[D, B, W, V] (depth 0 uses beam 0)."""
         return jax.random.gumbel(key, (self.depth, batch, self.beam_width, self.model.vocab_size))
 
-    def propose(self, params, state: StochasticBeamState, root, key,
+    def propose(self, params, state: DraftCacheState, root, key,
                 sampling: Sampling) -> Proposal:
         """Drafts the beam tree depth by depth (one draft forward per depth < D)."""
         model, W, D, N = self.model, self.beam_width, self.depth, self.num_nodes
@@ -284,7 +277,7 @@ class StochasticBeam:
         tree = trees.Tree(tokens=tokens, parent=parent, valid=valid)
         return Proposal(tree=tree, draft_probs=q, state=state.replace(cache=cache))
 
-    def update(self, params, state: StochasticBeamState, tree, result, target_logits):
+    def update(self, params, state: DraftCacheState, tree, result, target_logits):
         """Compacts the accepted path's draft keys/values; a depth-D leaf becomes pending."""
         # nodes at depths 0..D-1 have draft keys/values
         return commit_path(self.model, state, tree, result, self.depth, self.depth)
