@@ -230,25 +230,30 @@ def read_times(path: Path) -> dict:
                for k in ("layer_ms", "head_ms")}}
 
 
-def probe(cfg: ModelConfig, cache: str | Path | None = None, verbose: bool = True,
-          force: bool = False) -> LayoutPlan:
-    """The measured plan for `cfg` on this machine, from `<cache>/layout/` if
-    this CPU, JAX version and these shapes were probed before (`force`:
-    measure again). Measure on an otherwise idle machine: another process on
-    the 2 cores skews the comparison."""
+def probe_times(cfg: ModelConfig, cache: str | Path | None = None, verbose: bool = True,
+                force: bool = False) -> dict:
+    """`measure(cfg)` on this machine, read from `<cache>/layout/` if this CPU,
+    JAX version and these shapes were probed before (`force`: measure again).
+    Measure on an otherwise idle machine: another process on the 2 cores skews
+    the comparison."""
     path = probe_path(cfg, cache)
     if path.exists() and not force:
-        times = read_times(path)
-    else:
-        if verbose:
-            print(f"[layout] probing plain vs panel weights for D={cfg.dim} V={cfg.vocab_size} "
-                  f"on this CPU (once; cached in {path.parent})", flush=True)
-        times = measure(cfg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(times, cpu=_cpu_name(), jax=jax.__version__), indent=1))
-        tmp.replace(path)
-    plan = decide(times)
+        return read_times(path)
+    if verbose:
+        print(f"[layout] probing plain vs panel weights for D={cfg.dim} V={cfg.vocab_size} "
+              f"on this CPU (once; cached in {path.parent})", flush=True)
+    times = measure(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(times, cpu=_cpu_name(), jax=jax.__version__), indent=1))
+    tmp.replace(path)
+    return times
+
+
+def probe(cfg: ModelConfig, cache: str | Path | None = None, verbose: bool = True,
+          force: bool = False) -> LayoutPlan:
+    """The measured plan for `cfg` on this machine (`decide(probe_times(...))`)."""
+    plan = decide(probe_times(cfg, cache, verbose, force))
     if verbose:
         print(f"[layout] auto -> body {plan.body}, panelled LM head for rows {plan.head}",
               flush=True)
@@ -278,8 +283,8 @@ def main(argv=None):
     from specjax.models import loading
 
     cfg = loading.load(args.model, progress=False)[0]
-    plan = probe(cfg, force=args.force)
-    times = read_times(probe_path(cfg))
+    times = probe_times(cfg, force=args.force)
+    plan = decide(times)
     print(table(times))
     print(f"plan: layers {plan.body}, panelled LM head for rows {plan.head}")
 

@@ -123,11 +123,6 @@ def is_panelled(params: Params) -> bool:
     return params["layers"][0]["wq"].ndim == 3 if params.get("layers") else False
 
 
-def _panel_head(cfg: ModelConfig, params: Params):
-    return (linear.prepare_weight_out_in(params["embed"]) if cfg.tie_embeddings
-            else linear.prepare_weight(params["lm_head"]))
-
-
 def panelize(cfg: ModelConfig, params: Params) -> Params:
     """The same model with every matrix in the panel layout of `models.linear`.
 
@@ -171,6 +166,15 @@ def resolve_layout(cfg: ModelConfig, layout: str | LayoutPlan) -> LayoutPlan:
     return PANELS if layout == "panels" else PLAIN
 
 
+def _body_weight(name: str, w, body: str):
+    """A layer leaf in the body layout `body` (only the `PANELLED` matrices change)."""
+    if name in PANELLED and body == "panels" and w.ndim == 2:
+        return linear.prepare_weight(w)
+    if name in PANELLED and body == "plain" and w.ndim == 3:
+        return linear.unprepare_weight(w)
+    return w
+
+
 def convert(cfg: ModelConfig, params: Params, plan: LayoutPlan, put=None,
             consume: bool = False) -> tuple[ModelConfig, Params]:
     """`(cfg, params)` in the layout `plan`, from either layout.
@@ -186,42 +190,28 @@ def convert(cfg: ModelConfig, params: Params, plan: LayoutPlan, put=None,
     device copies do not coexist (see `place`).
     """
     put = put or (lambda a: a)
-    get = (lambda d, k: d.pop(k)) if consume else (lambda d, k: d[k])
-    want_panel_head = plan.head is not None
-    want_plain_head = not cfg.tie_embeddings and plan.head != ALL_ROWS
+    take = dict.pop if consume else dict.__getitem__
+    heads = {k: take(params, k) for k in ("lm_head", "lm_head_panels") if k in params}
     out: Params = {}
-    plain_head = params.get("lm_head")
-    if plain_head is None and not cfg.tie_embeddings and want_plain_head:
-        plain_head = linear.unprepare_weight(params["lm_head_panels"])
-    if want_panel_head:  # first: for tied embeddings it reads the embedding
-        head = params.get("lm_head_panels")
-        out["lm_head_panels"] = put(head if head is not None else _panel_head(cfg, params))
+    if plan.head is not None:
+        if "lm_head_panels" in heads:
+            head = heads["lm_head_panels"]
+        elif cfg.tie_embeddings:
+            head = linear.prepare_weight_out_in(params["embed"])
+        else:
+            head = linear.prepare_weight(heads["lm_head"])
+        out["lm_head_panels"] = put(head)
         del head
-    if want_plain_head:
-        out["lm_head"] = put(plain_head)
-    del plain_head
-    for k in ("lm_head", "lm_head_panels"):
-        if consume:
-            params.pop(k, None)
-    layers = get(params, "layers")
-    out["layers"] = []
-    for i in range(len(layers)):
-        lp = layers[i] if not consume else layers.pop(0)
-        new = {}
-        for k in list(lp):
-            w = get(lp, k)
-            if k in PANELLED:
-                if plan.body == "panels" and w.ndim == 2:
-                    w = linear.prepare_weight(w)
-                elif plan.body == "plain" and w.ndim == 3:
-                    w = linear.unprepare_weight(w)
-            new[k] = put(w)
-            del w
-        out["layers"].append(new)
-    for k in [k for k in params if k not in ("lm_head", "lm_head_panels", "layers")]:
-        out[k] = put(get(params, k))
-    order = ["embed", "layers", "final_norm", "lm_head", "lm_head_panels"]
-    out = {k: out[k] for k in sorted(out, key=lambda k: order.index(k) if k in order else 99)}
+    if not cfg.tie_embeddings and plan.head != ALL_ROWS:
+        head = heads.get("lm_head")
+        out["lm_head"] = put(head if head is not None
+                             else linear.unprepare_weight(heads["lm_head_panels"]))
+        del head
+    del heads  # with consume: the host heads go before the layers are converted
+    out["layers"] = [{k: put(_body_weight(k, take(lp, k), plan.body)) for k in list(lp)}
+                     for lp in take(params, "layers")]
+    for k in [k for k in params if k not in ("layers", "lm_head", "lm_head_panels")]:
+        out[k] = put(take(params, k))
     return cfg.replace(panel_head_rows=plan.head or ALL_ROWS), out
 
 
