@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 WORKDIR ?= workdir/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench clean wheel
+.PHONY: install run test test-fast lint bench clean wheel
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 ## Tests without the real-model ones.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+
+## Lint (rules in pyproject.toml [tool.ruff.lint]).
+lint: $(STAMP)
+	$(PY) -m ruff check specjax experiments tests configs notebooks
 
 ## A wheel of the library (dist/), e.g. to upload to Colab for the notebooks.
 wheel: $(STAMP)

@@ -144,8 +144,7 @@ def main(argv):
         raise app.UsageError("--config is required (e.g. --config=configs/batch_throughput.py)")
     cfg = throughput.from_config_dict(_CONFIG.value)
     experiment.enable_compilation_cache()
-    if (warning := experiment.check_map_count()) is not None:
-        print(f"warning: {warning}", flush=True)
+    experiment.warn_low_map_count()
     out = run(cfg, _WORKDIR.value)
     print(out["table"])
     print(f"results written to {_WORKDIR.value}/results.json")

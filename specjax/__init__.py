@@ -12,4 +12,6 @@ from specjax.decode import (
 )
 from specjax.sampling import GREEDY, Sampling
 
+__all__ = ["GREEDY", "Method", "Sampling", "autoregressive_generate", "speculative_generate",
+           "theory", "trees", "verify"]
 __version__ = "0.1.0"

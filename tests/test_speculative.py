@@ -1,7 +1,6 @@
 """The speculative loop: greedy identity on tiny transformers, batching, compilation."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -69,7 +69,7 @@ class ExperimentConfig:
     paper: PaperConfig = PaperConfig()
 
 
-def _typed(cls, d: Mapping[str, Any], where: str):
+def checked_keys(cls, d: Mapping[str, Any], where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
@@ -80,11 +80,11 @@ def _typed(cls, d: Mapping[str, Any], where: str):
 def from_config_dict(c) -> ExperimentConfig:
     """ExperimentConfig from a ConfigDict / dict; unknown keys raise ValueError naming them."""
     d = c.to_dict() if hasattr(c, "to_dict") else dict(c)
-    _typed(ExperimentConfig, d, "config")
-    d["sampling"] = Sampling(**_typed(Sampling, d.get("sampling", {}), "config.sampling"))
-    d["prompts"] = PromptConfig(**_typed(PromptConfig, d.get("prompts", {}), "config.prompts"))
+    checked_keys(ExperimentConfig, d, "config")
+    d["sampling"] = Sampling(**checked_keys(Sampling, d.get("sampling", {}), "config.sampling"))
+    d["prompts"] = PromptConfig(**checked_keys(PromptConfig, d.get("prompts", {}), "config.prompts"))
     d["draft"] = dict(d.get("draft", {}))
-    d["paper"] = PaperConfig(**_typed(PaperConfig, d.get("paper", {}), "config.paper"))
+    d["paper"] = PaperConfig(**checked_keys(PaperConfig, d.get("paper", {}), "config.paper"))
     if d["paper"].layout and d["paper"].layout not in paper_tables.LAYOUTS:
         raise ValueError(f"unknown config.paper.layout {d['paper'].layout!r}; valid: "
                          f"{sorted(paper_tables.LAYOUTS)}")
@@ -216,6 +216,12 @@ def check_map_count(path: str = MAP_COUNT_FILE, minimum: int = MIN_MAP_COUNT) ->
             f"with `sudo sysctl -w vm.max_map_count={4 * minimum}`")
 
 
+def warn_low_map_count() -> None:
+    """Prints `check_map_count`'s warning, if any (benchmark entry points)."""
+    if (warning := check_map_count()) is not None:
+        print(f"warning: {warning}", flush=True)
+
+
 def load_models(model: str, draft_model: str, dtype: str, layout: str, progress: bool = True,
                 target=None):
     """((cfg, params) of the target, (cfg, params) of the draft or None), placed in `layout`.
@@ -252,8 +258,7 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
         registry.parse(m)
     items = load_prompts(cfg.prompts)
     workdir.mkdir(parents=True, exist_ok=True)
-    if (warning := check_map_count()) is not None:
-        print(f"warning: {warning}", flush=True)
+    warn_low_map_count()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     (tcfg, tparams), draft = load_models(cfg.model, cfg.draft_model, cfg.dtype, cfg.layout,

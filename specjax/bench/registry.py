@@ -93,19 +93,25 @@ def method_widths(args: dict, num_nodes: int) -> tuple[int, ...] | None:
     return tuple(sorted(set(x for x in w if x <= num_nodes)))
 
 
-def _policy(ctx: BuildContext, spec: str | None = None, max_k: int = 8, batch: int = 1,
-            context: int = 256):
+# SmartSpec's draft queues up to this many committed tokens on steps that
+# draft nothing (K = 0) and forwards them together (`DraftModel.max_pending`)
+SMARTSPEC_MAX_PENDING = 4
+
+
+def length_policy(ctx: BuildContext, spec: str | None = None, max_k: int = 8, batch: int = 1,
+                  context: int = 256, max_pending: int = 1):
     """The policy named by `spec` (default: the `policy` override, "none").
 
     `goodput` without `step_costs` measures them for this model pair at `batch`
-    rows with `context` cached tokens (`policies.measure_step_costs`, k = 0..max_k).
+    rows with `context` cached tokens (`policies.measure_step_costs`, k = 0..max_k,
+    the draft queueing up to `max_pending` tokens on steps that draft nothing).
     """
     spec = str(ctx.args.get("policy", "none") if spec is None else spec)
     if spec.partition(":")[0] == "goodput" and "step_costs" not in spec:
         dcfg, dparams = ctx.draft()
         costs = policies.measure_step_costs(
             DecoderLM(ctx.target_cfg), ctx.target_params, DecoderLM(dcfg), dparams,
-            batch=batch, max_k=max_k, context=context)
+            batch=batch, max_k=max_k, context=context, max_pending=max_pending)
         sep = "," if ":" in spec else ":"
         spec = f"{spec}{sep}step_costs={';'.join(f'{c:.4f}' for c in costs)}"
     return policies.parse(spec)
@@ -119,7 +125,7 @@ def _draft_model_generator(name: str, ctx: BuildContext, drafter_of, verifier,
     return _spec_generator(name, ctx, drafter_of(DecoderLM(dcfg)), verifier, dparams, policy)
 
 
-def _chain_verifier(sampling: Sampling):
+def chain_verifier(sampling: Sampling):
     return verify.greedy if sampling.greedy else verify.chain_sampling
 
 
@@ -128,18 +134,20 @@ def sd_chain(ctx: BuildContext) -> Generator:
     (`specjax.policies.parse`), e.g. sd_chain/k=8/policy=confidence:threshold=0.5."""
     k = int(ctx.args["k"])
     return _draft_model_generator(f"sd_chain(k={k})", ctx, lambda m: DraftModel.chain(m, k),
-                                  _chain_verifier(ctx.sampling), _policy(ctx, max_k=k))
+                                  chain_verifier(ctx.sampling), length_policy(ctx, max_k=k))
 
 
-def _adaptive_chain(label: str, policy_of: Callable[[dict], str]):
-    """A chain of `max_k` drafts (default 8) under the policy `policy_of(args)`."""
+def _adaptive_chain(label: str, policy_of: Callable[[dict], str], max_pending: int = 1):
+    """A chain of `max_k` drafts (default 8) under the policy `policy_of(args)`; the
+    draft queues up to `max_pending` (override) tokens on steps that draft nothing."""
 
     def build(ctx: BuildContext) -> Generator:
         k = int(ctx.args.get("max_k", 8))
-        policy = _policy(ctx, policy_of(ctx.args), max_k=k)
+        pend = int(ctx.args.get("max_pending", max_pending))
+        policy = length_policy(ctx, policy_of(ctx.args), max_k=k, max_pending=pend)
         return _draft_model_generator(f"{label}(max_k={k})", ctx,
-                                      lambda m: DraftModel.chain(m, k),
-                                      _chain_verifier(ctx.sampling), policy)
+                                      lambda m: DraftModel.chain(m, k, pend),
+                                      chain_verifier(ctx.sampling), policy)
 
     return build
 
@@ -151,7 +159,7 @@ sd_confidence = _adaptive_chain(
     "sd_confidence", lambda a: f"confidence:threshold={float(a.get('threshold', 0.5))}")
 specdecpp = _adaptive_chain(
     "specdecpp", lambda a: f"specdecpp:threshold={float(a.get('threshold', 0.3))}")
-smartspec = _adaptive_chain("smartspec", lambda a: "goodput")
+smartspec = _adaptive_chain("smartspec", lambda a: "goodput", SMARTSPEC_MAX_PENDING)
 
 
 # tree_verifier override of sd_tree (sampling only): name -> (child rule, verifier factory)
@@ -190,7 +198,7 @@ def sd_tree(ctx: BuildContext) -> Generator:
         rule, verifier = TREE_VERIFIERS[name][0], TREE_VERIFIERS[name][1]()
         label = label if name == "rrs_wor" else f"{label},{name}"
     return _draft_model_generator(f"sd_tree({label})", ctx,
-                                  lambda m: DraftModel(m, parents, rule), verifier, _policy(ctx))
+                                  lambda m: DraftModel(m, parents, rule), verifier, length_policy(ctx))
 
 
 def sequoia_tree(ctx: BuildContext) -> Generator:
@@ -241,7 +249,7 @@ def pearl(ctx: BuildContext) -> Generator:
     spec = str(ctx.args.get("pearl_gamma", ctx.args.get("k", "auto")))
     gamma = (pearl_lib.measure_gamma(ctx.target_cfg, ctx.target_params, dcfg, dparams)
              if spec == "auto" else int(spec))
-    verifier = _chain_verifier(ctx.sampling)
+    verifier = chain_verifier(ctx.sampling)
 
     def fn(ids):
         g = pearl_lib.pearl_generate(
@@ -269,7 +277,7 @@ def pld(ctx: BuildContext) -> Generator:
                      min_ngram=int(a.get("pld_min_ngram", 1)),
                      earliest=_flag(a.get("pld_earliest", False)),
                      periodic=_flag(a.get("pld_periodic", True)))
-    return _spec_generator(f"pld(k={d.num_drafts})", ctx, d, _chain_verifier(ctx.sampling))
+    return _spec_generator(f"pld(k={d.num_drafts})", ctx, d, chain_verifier(ctx.sampling))
 
 
 def token_recycling(ctx: BuildContext) -> Generator:
@@ -309,7 +317,7 @@ def kangaroo(ctx: BuildContext) -> Generator:
     d = Kangaroo(ctx.target_cfg, exit_layer=int(a.get("kangaroo_layer", a["self_layers"])),
                  num_drafts=int(a.get("kangaroo_k", 6)),
                  threshold=float(a.get("kangaroo_threshold", 0.6)))
-    return _spec_generator(f"kangaroo(l={d.exit_layer})", ctx, d, _chain_verifier(ctx.sampling),
+    return _spec_generator(f"kangaroo(l={d.exit_layer})", ctx, d, chain_verifier(ctx.sampling),
                            draft_params=ctx.target_params)
 
 
@@ -327,7 +335,7 @@ def swift(ctx: BuildContext) -> Generator:
               granularity=a.get("swift_granularity", "sublayer"),
               bo_every=int(a.get("swift_bo_every", 2)), seed=ctx.seed)
     return _spec_generator(f"swift(r={d.skip_ratio},{d.granularity})", ctx, d,
-                           _chain_verifier(ctx.sampling), draft_params=ctx.target_params)
+                           chain_verifier(ctx.sampling), draft_params=ctx.target_params)
 
 
 def bigram(ctx: BuildContext) -> Generator:
@@ -337,7 +345,7 @@ def bigram(ctx: BuildContext) -> Generator:
 
     d = Bigram(ctx.target_cfg.vocab_size, num_drafts=int(ctx.args.get("bigram_drafts", 4)),
                k=int(ctx.args.get("bigram_k", 4)))
-    return _spec_generator(f"bigram(k={d.num_drafts})", ctx, d, _chain_verifier(ctx.sampling))
+    return _spec_generator(f"bigram(k={d.num_drafts})", ctx, d, chain_verifier(ctx.sampling))
 
 
 def _max_gram_of(ctx: BuildContext, **kw):
@@ -354,7 +362,7 @@ def max_gram(ctx: BuildContext) -> Generator:
     text's suffix, bigram fallback; overrides mag_drafts (10), mag_max_n (16), mag_earliest
     (1; 0 = most recent occurrence), bigram_k (4)."""
     d = _max_gram_of(ctx, num_drafts=int(ctx.args.get("mag_drafts", 10)))
-    return _spec_generator(f"max_gram(k={d.num_drafts})", ctx, d, _chain_verifier(ctx.sampling))
+    return _spec_generator(f"max_gram(k={d.num_drafts})", ctx, d, chain_verifier(ctx.sampling))
 
 
 def cs_drafting(ctx: BuildContext) -> Generator:
@@ -378,7 +386,7 @@ def cs_drafting(ctx: BuildContext) -> Generator:
                             lookahead=int(a.get("cs_lookahead", 2)), k=k,
                             vertical=_flag(a.get("cs_vertical", True)), bottom=bottom)
     return _spec_generator(f"cs_drafting({model}+{small},{kind})", ctx, d,
-                           _chain_verifier(ctx.sampling), (dparams, None))
+                           chain_verifier(ctx.sampling), (dparams, None))
 
 
 def _retrieval_of(ctx: BuildContext):

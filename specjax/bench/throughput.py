@@ -22,8 +22,8 @@ Methods are registry specs (`specjax.bench.registry.parse` syntax):
 [/widths=1.2.3][/step_costs=1;1.2;...]`. The registry's builders wrap a
 single prompt (`Generator.fn(ids)`), so the batched calls are made here with
 `decode.speculative_generate` on the same drafter (`DraftModel.chain` of the
-context's draft model), verifier (`registry._chain_verifier`) and policy
-(`registry._policy`) objects the registry builds. One difference is
+context's draft model), verifier (`registry.chain_verifier`) and policy
+(`registry.length_policy`) objects the registry builds. One difference is
 deliberate: SmartSpec's step costs are measured at the batch size being run
 (the registry measures them at batch 1 only).
 
@@ -45,7 +45,7 @@ import numpy as np
 
 from specjax import decode, policies
 from specjax.bench import registry
-from specjax.bench.experiment import PromptConfig, _typed
+from specjax.bench.experiment import PromptConfig, checked_keys
 from specjax.bench.metrics import CompileTimer
 from specjax.drafters.draft_model import DraftModel
 from specjax.models.lm import DecoderLM
@@ -90,9 +90,9 @@ class ThroughputConfig:
 def from_config_dict(c) -> ThroughputConfig:
     """ThroughputConfig from a ConfigDict / dict; unknown keys raise ValueError naming them."""
     d = c.to_dict() if hasattr(c, "to_dict") else dict(c)
-    _typed(ThroughputConfig, d, "config")
-    d["sampling"] = Sampling(**_typed(Sampling, d.get("sampling", {}), "config.sampling"))
-    d["prompts"] = PromptConfig(**_typed(PromptConfig, d.get("prompts", {}), "config.prompts"))
+    checked_keys(ThroughputConfig, d, "config")
+    d["sampling"] = Sampling(**checked_keys(Sampling, d.get("sampling", {}), "config.sampling"))
+    d["prompts"] = PromptConfig(**checked_keys(PromptConfig, d.get("prompts", {}), "config.prompts"))
     d["draft"] = dict(d.get("draft", {}))
     return ThroughputConfig(**d)
 
@@ -173,21 +173,24 @@ def build_method(spec: str, ctx: registry.BuildContext, batch: int,
     if info.name == "sd_chain":
         k = int(ctx.args["k"])
         policy_spec = str(ctx.args.get("policy", "none"))
+        pend = int(ctx.args.get("max_pending", 1))
     else:  # smartspec
         k = int(ctx.args.get("max_k", 8))
         policy_spec = "goodput"
         if ctx.args.get("step_costs"):
             policy_spec = f"goodput:step_costs={ctx.args['step_costs']}"
+        pend = int(ctx.args.get("max_pending", registry.SMARTSPEC_MAX_PENDING))
     if k < 1:
         raise ValueError(f"{spec}: the draft length must be >= 1; got {k}")
     measures = policy_spec.partition(":")[0] == "goodput" and "step_costs" not in policy_spec
     t0 = time.perf_counter()
-    policy = registry._policy(ctx, policy_spec, max_k=k, batch=batch, context=cost_context)
+    policy = registry.length_policy(ctx, policy_spec, max_k=k, batch=batch, context=cost_context,
+                                    max_pending=pend)
     setup = time.perf_counter() - t0 if measures else 0.0
     costs = policy.step_costs if isinstance(policy, policies.Goodput) else None
     dcfg, dparams = ctx.draft()
-    drafter = DraftModel.chain(DecoderLM(dcfg), k)
-    method = decode.Method(drafter=drafter, verifier=registry._chain_verifier(ctx.sampling),
+    drafter = DraftModel.chain(DecoderLM(dcfg), k, pend)
+    method = decode.Method(drafter=drafter, verifier=registry.chain_verifier(ctx.sampling),
                            policy=policy,
                            widths=registry.method_widths(ctx.args, drafter.num_nodes) if policy else None)
     method.verify_widths()  # malformed widths: ValueError now, not in the first run

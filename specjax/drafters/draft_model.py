@@ -29,6 +29,15 @@ Nodes of the deepest level are never run through the draft model; when the
 whole path down to such a leaf is accepted, that leaf token is kept "pending"
 and fed at the start of the next proposal (under a `lax.cond`, so it costs a
 forward only when it happens).
+
+Lazy catch-up (`max_pending` > 1): with a length policy that drafts nothing
+on some steps (SmartSpec's K = 0, `specjax.policies.Goodput`), the draft
+model has no reason to run on those steps, yet every committed token must
+reach its cache before it drafts again. Such steps skip the draft forward and
+queue the committed token; the queue (up to `max_pending` tokens) is forwarded
+in one causal forward at the next step that drafts, or when it is full. With
+max_pending = 1 (the default) the draft forwards every committed token at the
+next step, one at a time, as before.
 """
 
 from __future__ import annotations
@@ -53,19 +62,24 @@ CHILD_RULES = ("iid", "without_replacement", "topk", "greedy_draft")
 @flax.struct.dataclass
 class DraftCacheState:
     """State of a drafter running its own draft LM over the committed text
-    (DraftModel, DySpec, RSD-S): the draft's KV cache and the one committed
-    token it has not forwarded yet (forwarded with the next proposal's root)."""
+    (DraftModel, DySpec, RSD-S): the draft's KV cache and the committed tokens
+    it has not forwarded yet (fed before the next proposal that drafts)."""
 
     cache: Any  # the draft model's cache (committed tokens exclude the root)
-    pending: jax.Array  # int32[B] a committed token not yet in the draft cache
-    has_pending: jax.Array  # bool[B]
+    pending: jax.Array  # int32[B, P] committed tokens not yet in the draft cache
+    num_pending: jax.Array  # int32[B] how many of them (the first ones) are real
 
 
-def initial_state(model: LanguageModel, params, tokens, lengths, max_len) -> DraftCacheState:
-    """The state after prefilling the prompts (`prefilled_cache`), nothing pending."""
+def initial_state(model: LanguageModel, params, tokens, lengths, max_len,
+                  max_pending: int = 1) -> DraftCacheState:
+    """The state after prefilling the prompts (`prefilled_cache`), nothing pending;
+    room for `max_pending` queued tokens."""
+    if int(max_pending) < 1:
+        raise ValueError(f"max_pending must be >= 1; got {max_pending}")
     B = tokens.shape[0]
     return DraftCacheState(cache=prefilled_cache(model, params, tokens, lengths, max_len),
-                           pending=jnp.zeros((B,), jnp.int32), has_pending=jnp.zeros((B,), bool))
+                           pending=jnp.zeros((B, int(max_pending)), jnp.int32),
+                           num_pending=jnp.zeros((B,), jnp.int32))
 
 
 @flax.struct.dataclass
@@ -82,21 +96,27 @@ class DraftModel:
       parents: static topology, a tuple with parents[0] = -1 and
         0 <= parents[i] < i (BFS order by depth); see `specjax.trees`.
       child_rule: one of CHILD_RULES.
+      max_pending: committed tokens the draft may queue instead of forwarding
+        them (lazy catch-up, see the module docstring); > 1 only pays with a
+        policy that sometimes drafts nothing (SmartSpec).
     """
 
     model: LanguageModel
     parents: tuple[int, ...]
     child_rule: str = "iid"
+    max_pending: int = 1
 
     def __post_init__(self):
         if self.child_rule not in CHILD_RULES:
             raise ValueError(f"unknown child_rule {self.child_rule!r}; valid: {CHILD_RULES}")
+        if int(self.max_pending) < 1:
+            raise ValueError(f"max_pending must be >= 1; got {self.max_pending}")
         trees.check_topology(np.asarray(self.parents))
 
     @classmethod
-    def chain(cls, model: LanguageModel, k: int) -> "DraftModel":
+    def chain(cls, model: LanguageModel, k: int, max_pending: int = 1) -> "DraftModel":
         """K drafts in a chain."""
-        return cls(model, tuple(trees.chain_topology(k).tolist()), "iid")
+        return cls(model, tuple(trees.chain_topology(k).tolist()), "iid", max_pending)
 
     @property
     def num_nodes(self) -> int:
@@ -113,13 +133,14 @@ class DraftModel:
 
     # -- protocol -----------------------------------------------------------
     def init(self, params, tokens, lengths, max_len):
-        s = initial_state(self.model, params, tokens, lengths, max_len)
-        return DraftModelState(cache=s.cache, pending=s.pending, has_pending=s.has_pending,
+        s = initial_state(self.model, params, tokens, lengths, max_len, self.max_pending)
+        return DraftModelState(cache=s.cache, pending=s.pending, num_pending=s.num_pending,
                                levels_run=jnp.zeros((), jnp.int32))
 
     # `speculative_loop` passes `expand` when the method has a policy (see
     # `specjax.policies.base`): a level's draft forward is skipped when no row
-    # keeps a node of that level with room for children.
+    # keeps a node of that level with room for children; when that is the
+    # root's level, the pending tokens may stay queued (`max_pending`).
     accepts_expand = True
 
     def propose(self, params, state: DraftModelState, root, key, sampling: Sampling,
@@ -134,12 +155,21 @@ class DraftModel:
         """
         model, N = self.model, self.num_nodes
         B = root.shape[0]
-        cache, base, rel, in_tree = provisional_slots(model, params, state, N)
         parents = np.asarray(self.parents)
         levels = self._levels()
         anc = jnp.asarray(self._strict_ancestors())  # [N, N]
 
         parent_rows = jnp.broadcast_to(jnp.asarray(parents, jnp.int32), (B, N))
+        # (the barrier keeps XLA from constant-folding a policy's reductions over
+        # the still-empty q at compile time: seconds per reduction at V = 150k)
+        q0 = jax.lax.optimization_barrier(jnp.zeros((B, N, model.vocab_size), jnp.float32))
+        tokens0 = jnp.zeros((B, N), jnp.int32).at[:, 0].set(root)
+        drafts = jnp.ones((), bool)  # does the root's level run (some row drafts)?
+        if expand is not None:
+            root_only = trees.Tree(tokens=tokens0, parent=parent_rows, valid=jnp.ones((B, N), bool))
+            drafts = jnp.any(expand(root_only, q0)[:, levels[0]])
+        state, base, rel, in_tree = provisional_slots(model, params, state, N, feed=drafts)
+        cache = state.cache
 
         def level(d, nodes, carry):  # one draft forward over the nodes of depth d
             cache, tokens, q, key = carry
@@ -160,10 +190,7 @@ class DraftModel:
                 self._draw_children(sub, nodes, children, parents, logits, logq, sampling))
             return cache, tokens, q, key
 
-        # (the barrier keeps XLA from constant-folding a policy's reductions over
-        # the still-empty q at compile time: seconds per reduction at V = 150k)
-        q0 = jax.lax.optimization_barrier(jnp.zeros((B, N, model.vocab_size), jnp.float32))
-        carry = (cache, jnp.zeros((B, N), jnp.int32).at[:, 0].set(root), q0, key)
+        carry = (cache, tokens0, q0, key)
         run = jnp.ones((), bool)  # every level so far was forwarded
         levels_run = jnp.zeros((), jnp.int32)
         for d, nodes in enumerate(levels[:-1]):
@@ -171,9 +198,12 @@ class DraftModel:
             if expand is None:
                 carry = step(carry)
             else:
-                partial = trees.Tree(tokens=carry[1], parent=parent_rows,
-                                     valid=jnp.ones((B, N), bool))
-                run = run & jnp.any(expand(partial, carry[2])[:, nodes])
+                if d == 0:
+                    run = drafts
+                else:
+                    partial = trees.Tree(tokens=carry[1], parent=parent_rows,
+                                         valid=jnp.ones((B, N), bool))
+                    run = run & jnp.any(expand(partial, carry[2])[:, nodes])
                 carry = jax.lax.cond(run, step, lambda c: c, carry)
             levels_run = levels_run + run.astype(jnp.int32)
         cache, tokens, q, _ = carry
@@ -211,33 +241,77 @@ def prefilled_cache(model: LanguageModel, params, tokens, lengths, max_len: int)
     return model.prefill(params, tokens, lengths, cache)[1]
 
 
-def feed_pending(model: LanguageModel, params, state):
-    """The draft cache with each row's pending token (if any) appended, one
-    draft forward under a `lax.cond` so it costs nothing when no row has one.
+def feed_block(model: LanguageModel, params, cache, block, count, widths=None):
+    """The cache with block[b, :count[b]] appended (one causal forward).
 
-    `state` has fields cache, pending int32[B], has_pending bool[B].
+    Args:
+      block: int32[B, P] tokens; count: int32[B] in [0, P].
+      widths: static forward widths to choose from (default (P,)); the
+        narrowest one >= max(count) runs, under a `lax.switch`, and nothing
+        runs when every count is 0.
     """
-    return jax.lax.cond(
-        jnp.any(state.has_pending),
-        lambda c: model.decode_step(params, state.pending, c, state.has_pending)[1],
-        lambda c: c,
-        state.cache,
-    )
+    B, P = block.shape
+    widths = tuple(sorted(set(widths or (P,))))
+    if widths[-1] != P or widths[0] < 1:
+        raise ValueError(f"feed widths must lie in [1, {P}] and include {P}; got {widths}")
+
+    def run(w, c):
+        base = model.cache_length(c)
+        positions = base[:, None] + jnp.arange(w)[None, :]
+        seen = jnp.arange(model.max_len(c))[None, None, :] < base[:, None, None]
+        mask = jnp.concatenate([jnp.broadcast_to(seen, (B, w, seen.shape[-1])),
+                                jnp.broadcast_to(jnp.tril(jnp.ones((w, w), bool)), (B, w, w))],
+                               axis=-1)
+        _, kv = model.forward(params, block[:, :w], positions, c, mask)
+        return model.commit(c, kv, jnp.broadcast_to(jnp.arange(w), (B, w)), count)
+
+    need = jnp.max(count)
+    branch = jnp.where(need > 0, 1 + jnp.sum(jnp.asarray(widths) < need), 0)
+    return jax.lax.switch(branch, [lambda c: c] + [functools.partial(run, w) for w in widths],
+                          cache)
 
 
-def provisional_slots(model: LanguageModel, params, state, num_nodes: int):
+def feed_pending(model: LanguageModel, params, state, feed=True):
+    """`state` with its pending tokens forwarded into the draft cache and the
+    queue emptied, when `feed` (bool scalar) or some row's queue is full;
+    otherwise `state` unchanged. Costs a forward only when a row has pending
+    tokens (width 1 when no row has more than one, else the queue's width).
+
+    `state` has fields cache, pending int32[B, P], num_pending int32[B].
+    """
+    P = state.pending.shape[1]
+    go = jnp.logical_or(feed, jnp.any(state.num_pending >= P))
+    count = jnp.where(go, state.num_pending, 0)
+    cache = feed_block(model, params, state.cache, state.pending, count, widths=(1, P))
+    return state.replace(cache=cache, num_pending=state.num_pending - count)
+
+
+def provisional_slots(model: LanguageModel, params, state, num_nodes: int, feed=True):
     """Start of a proposal of drafters that write node i at cache slot `base + i`.
 
-    Feeds the pending token (`feed_pending`), then locates the tree's slots.
+    Feeds the pending tokens (`feed_pending`; `feed` = False lets a proposal
+    that drafts nothing keep them queued), then locates the tree's slots.
 
     Returns:
-      (cache, base int32[B] committed length, rel int32[B, S] slot index
-      relative to base, in_tree bool[B, S] the tree's provisional slots).
+      (state with the fed cache, base int32[B] committed length, rel int32[B, S]
+      slot index relative to base, in_tree bool[B, S] the tree's provisional slots).
     """
-    cache = feed_pending(model, params, state)
-    base = model.cache_length(cache)  # [B]
-    rel = jnp.arange(model.max_len(cache))[None, :] - base[:, None]  # [B, S]
-    return cache, base, rel, (rel >= 0) & (rel < num_nodes)
+    state = feed_pending(model, params, state, feed)
+    base = model.cache_length(state.cache)  # [B]
+    rel = jnp.arange(model.max_len(state.cache))[None, :] - base[:, None]  # [B, S]
+    return state, base, rel, (rel >= 0) & (rel < num_nodes)
+
+
+def queue_pending(state, token, add):
+    """`state` with `token` (int32[B]) queued on the rows where `add` (bool[B]).
+    The caller guarantees room: a proposal that drafted fed the queue first,
+    and one that did not left at least one free slot (`feed_pending`)."""
+    P = state.pending.shape[1]
+    rows = jnp.arange(token.shape[0])
+    at = jnp.minimum(state.num_pending, P - 1)
+    pending = state.pending.at[rows, at].set(
+        jnp.where(add, token, state.pending[rows, at]).astype(jnp.int32))
+    return state.replace(pending=pending, num_pending=state.num_pending + add.astype(jnp.int32))
 
 
 def commit_path(model: LanguageModel, state, tree, result, max_depth: int, forwarded):
@@ -246,11 +320,12 @@ def commit_path(model: LanguageModel, state, tree, result, max_depth: int, forwa
     Drafters that write node i's keys/values at slot `length + i` (DraftModel,
     DySpec, RSD-S) compact the accepted path's slots into place. Nodes at depth
     >= `forwarded` (static int or int32[]) were never run through the draft
-    model; if the path ends at such a node, its token becomes `pending`, fed by
-    `feed_pending` at the next proposal.
+    model; if the path ends at such a node, its token is queued (`pending`),
+    fed by `feed_pending` at a later proposal. (`forwarded` = 0: the root itself
+    was not run, as on a step that drafted nothing; the root is queued.)
 
     Args:
-      state: has fields cache, pending, has_pending (returned replaced).
+      state: has fields cache, pending, num_pending (returned replaced).
       tree, result: the verified tree and its `VerifyResult`.
       max_depth: static bound on the path depth (the tree's depth).
       forwarded: levels 0..forwarded-1 have draft keys/values.
@@ -261,5 +336,5 @@ def commit_path(model: LanguageModel, state, tree, result, max_depth: int, forwa
     cache = model.compact(state.cache, src, jnp.minimum(n + 1, forwarded))
     leaf = jnp.take_along_axis(result.path, jnp.broadcast_to(forwarded, n.shape)[:, None],
                                axis=1)[:, 0]
-    pending = jnp.take_along_axis(tree.tokens, leaf[:, None], axis=1)[:, 0]
-    return state.replace(cache=cache, pending=pending, has_pending=n >= forwarded)
+    token = jnp.take_along_axis(tree.tokens, leaf[:, None], axis=1)[:, 0]
+    return queue_pending(state.replace(cache=cache), token, n >= forwarded)

@@ -98,7 +98,12 @@ import jax.numpy as jnp
 
 from specjax import trees
 from specjax.drafters.base import Proposal
-from specjax.drafters.draft_model import DraftCacheState, initial_state, provisional_slots
+from specjax.drafters.draft_model import (
+    DraftCacheState,
+    initial_state,
+    provisional_slots,
+    queue_pending,
+)
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 
@@ -269,7 +274,8 @@ class DySpec:
         """Grows one tree per row: run the root, then rounds of select R + run them."""
         model, N, K, R = self.model, self.num_nodes, self.max_children, self.nodes_per_round
         B, V = root.shape[0], model.vocab_size
-        cache, base, rel, in_tree = provisional_slots(model, params, state, N)
+        state, base, rel, in_tree = provisional_slots(model, params, state, N)
+        cache = state.cache
         S = model.max_len(cache)
         rows = jnp.arange(B)[:, None]
 
@@ -352,6 +358,6 @@ class DySpec:
         base = self.model.cache_length(state.cache)
         cache = self.model.compact(state.cache, base[:, None] + result.path,
                                    jnp.where(ran, n + 1, n))
-        pending = jnp.take_along_axis(tree.tokens, last[:, None], axis=1)[:, 0]
-        return state.replace(cache=cache, pending=pending, has_pending=~ran)
+        token = jnp.take_along_axis(tree.tokens, last[:, None], axis=1)[:, 0]
+        return queue_pending(state.replace(cache=cache), token, ~ran)
 

@@ -32,8 +32,8 @@ first min(a, Dd) nodes (Dd = draft depth; the deepest draft level is never
 forwarded) are compacted into the draft cache and the remaining accepted
 tokens (at most max(Dd, D) + 1: an accepted deepest draft leaf and/or
 retrieval tokens) are kept pending. The next proposal first runs the
-pending block through the draft model in one causal forward (under a
-`lax.cond`, so it costs nothing when no row has pending tokens), so the
+pending block through the draft model in one causal forward (`feed_block`, under a
+`lax.switch`, so it costs nothing when no row has pending tokens), so the
 draft cache always holds exactly the committed tokens before the root.
 
 Losslessness. The fused tree is a deterministic function of the committed
@@ -65,7 +65,7 @@ import numpy as np
 
 from specjax import trees
 from specjax.drafters.base import Proposal
-from specjax.drafters.draft_model import DraftModel, DraftModelState
+from specjax.drafters.draft_model import DraftModel, DraftModelState, feed_block
 from specjax.drafters.prompt_lookup import TokenHistory, append_path, check_vocab, init_history
 from specjax.drafters.retrieval import Datastore, Retrieval, retrieval_tree
 from specjax.drafters.token_recycling import first_child_point_mass
@@ -260,31 +260,14 @@ class RASD:
                          pending=jnp.zeros((b, self.pending_size), jnp.int32),
                          pending_count=jnp.zeros((b,), jnp.int32))
 
-    def _catch_up(self, params, cache, pending, count):
-        """Runs the pending committed tokens through the draft model (one forward)."""
-        model = self.draft.model
-        b, p = pending.shape
-
-        def run(c):
-            base = model.cache_length(c)
-            s = model.max_len(c)
-            positions = base[:, None] + jnp.arange(p)[None, :]
-            seen = jnp.arange(s)[None, None, :] < base[:, None, None]
-            mask = jnp.concatenate([jnp.broadcast_to(seen, (b, p, s)),
-                                    jnp.broadcast_to(jnp.tril(jnp.ones((p, p), bool)), (b, p, p))],
-                                   axis=-1)
-            _, kv = model.forward(params, pending, positions, c, mask)
-            return model.commit(c, kv, jnp.broadcast_to(jnp.arange(p), (b, p)), count)
-
-        return jax.lax.cond(jnp.any(count > 0), run, lambda c: c, cache)
-
     def propose(self, params, state: RASDState, root, key, sampling: Sampling) -> Proposal:
         del sampling  # the tree does not depend on it; the verifier applies it to p
         dparams, ds = self._split(params)
         b = root.shape[0]
-        cache = self._catch_up(dparams, state.cache, state.pending, state.pending_count)
-        dstate = DraftModelState(cache=cache, pending=jnp.zeros((b,), jnp.int32),
-                                 has_pending=jnp.zeros((b,), bool),
+        cache = feed_block(self.draft.model, dparams, state.cache, state.pending,
+                           state.pending_count)
+        dstate = DraftModelState(cache=cache, pending=jnp.zeros((b, 1), jnp.int32),
+                                 num_pending=jnp.zeros((b,), jnp.int32),
                                  levels_run=jnp.zeros((), jnp.int32))
         prop = self.draft.propose(dparams, dstate, root, key, RANKING)
         conts, lens = self.retrieval.retrieve(ds, state.history, root)

@@ -235,7 +235,8 @@ class StochasticBeam:
         """Drafts the beam tree depth by depth (one draft forward per depth < D)."""
         model, W, D, N = self.model, self.beam_width, self.depth, self.num_nodes
         B, V = root.shape[0], model.vocab_size
-        cache, base, rel, in_tree = provisional_slots(model, params, state, N)
+        state, base, rel, in_tree = provisional_slots(model, params, state, N)
+        cache = state.cache
         S = model.max_len(cache)
         noise = None if sampling.greedy else self.gumbels(key, B)
 

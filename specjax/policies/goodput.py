@@ -11,7 +11,8 @@ and the policy picks the one k (same for the batch, as SmartSpec does) that
 maximises sum over running rows of E_b(k) divided by the step time T(k).
 T is a measured batch-time model: `step_costs[k]` = time of a step that
 drafts k tokens for this batch size (k draft forwards + one target forward of
-width k + 1), e.g. from `measure_step_costs`. a_b is an online estimate:
+width k + 1; for k = 0 the draft's catch-up on the committed token, see
+`step_costs`), e.g. from `measure_step_costs`. a_b is an online estimate:
 exponentially decayed counts of accepted / tried drafts of row b, started
 from `prior` with the weight of one trial.
 
@@ -106,23 +107,38 @@ class Goodput(Policy):
         )
 
 
-def step_costs(draft_seconds: float, verify_seconds: Sequence[float]) -> tuple[float, ...]:
-    """T(k) = k * draft_seconds + verify_seconds[k] (verify_seconds[k] = target forward
-    of width k + 1), normalised so T(0) = 1."""
-    t = [k * draft_seconds + v for k, v in enumerate(verify_seconds)]
-    return tuple(x / t[0] for x in t)
-
-
 def measure_step_costs(target, target_params, draft, draft_params, *, batch: int, max_k: int,
-                       context: int = 256, reps: int = 5) -> tuple[float, ...]:
+                       context: int = 256, reps: int = 5,
+                       max_pending: int = 1) -> tuple[float, ...]:
     """Measures `step_costs` for a target / draft `LanguageModel` pair at this batch size.
 
     Times (median of `reps`, after a compile run) one target forward over
-    k + 1 tokens for k = 0..max_k and one draft forward over 1 token, all with
-    `context` tokens in the cache (`specjax.timing.forward_time`), and combines
-    them with `step_costs`.
+    k + 1 tokens for k = 0..max_k, one draft forward over 1 token and, for the
+    draft's catch-up on steps that draft nothing, one draft forward over
+    `max_pending` tokens (`DraftModel.max_pending`), all with `context` tokens
+    in the cache (`specjax.timing.forward_time`), and combines them with
+    `step_costs`.
     """
     timing = dict(batch=batch, context=context, repeats=reps)
     verify = [forward_time(target, target_params, num_tokens=k + 1, **timing)
               for k in range(max_k + 1)]
-    return step_costs(forward_time(draft, draft_params, num_tokens=1, **timing), verify)
+    one = forward_time(draft, draft_params, num_tokens=1, **timing)
+    sync = one if max_pending == 1 else forward_time(
+        draft, draft_params, num_tokens=max_pending, **timing) / max_pending
+    return step_costs(one, verify, sync)
+
+
+def step_costs(draft_seconds: float, verify_seconds: Sequence[float],
+               sync_seconds: float | None = None) -> tuple[float, ...]:
+    """T(k) = k * draft_seconds + verify_seconds[k] for k >= 1 and
+    T(0) = sync_seconds + verify_seconds[0], normalised so T(0) = 1.
+
+    verify_seconds[k] is a target forward of width k + 1. A step that drafts
+    nothing still owes the draft model its committed token (`DraftModel`'s
+    catch-up): one draft forward per step (sync_seconds = draft_seconds, the
+    default), or a share of a forward over `max_pending` queued tokens.
+    """
+    sync = draft_seconds if sync_seconds is None else sync_seconds
+    t = [sync + verify_seconds[0]] + [k * draft_seconds + v
+                                       for k, v in enumerate(verify_seconds) if k > 0]
+    return tuple(x / t[0] for x in t)

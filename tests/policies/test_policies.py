@@ -13,7 +13,6 @@ from specjax import decode, policies, trees, verify
 from specjax.drafters.draft_model import DraftModel
 from specjax.drafters.token_recycling import TokenRecycling
 from specjax.models.lm import DecoderLM, MarkovLM
-from specjax.models.params import init_params
 from tests.drafters.conftest import check_greedy_identity, tiny  # noqa: F401 (fixture)
 from tests.markov_law import chi2_pooled
 from tests.test_speculative_law import P, Q, SAMPLING, V, _window_law
