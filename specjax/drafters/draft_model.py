@@ -53,6 +53,7 @@ import numpy as np
 
 from specjax import trees, verify
 from specjax.drafters.base import Proposal
+from specjax.models import decoder
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 
@@ -258,10 +259,7 @@ def feed_block(model: LanguageModel, params, cache, block, count, widths=None):
     def run(w, c):
         base = model.cache_length(c)
         positions = base[:, None] + jnp.arange(w)[None, :]
-        seen = jnp.arange(model.max_len(c))[None, None, :] < base[:, None, None]
-        mask = jnp.concatenate([jnp.broadcast_to(seen, (B, w, seen.shape[-1])),
-                                jnp.broadcast_to(jnp.tril(jnp.ones((w, w), bool)), (B, w, w))],
-                               axis=-1)
+        mask = decoder.attention_mask(base, model.max_len(c), decoder.causal_mask(B, w))
         _, kv = model.forward(params, block[:, :w], positions, c, mask)
         return model.commit(c, kv, jnp.broadcast_to(jnp.arange(w), (B, w)), count)
 

@@ -139,6 +139,6 @@ def step_costs(draft_seconds: float, verify_seconds: Sequence[float],
     default), or a share of a forward over `max_pending` queued tokens.
     """
     sync = draft_seconds if sync_seconds is None else sync_seconds
-    t = [sync + verify_seconds[0]] + [k * draft_seconds + v
-                                       for k, v in enumerate(verify_seconds) if k > 0]
+    t = [k * draft_seconds + v for k, v in enumerate(verify_seconds)]
+    t[0] += sync
     return tuple(x / t[0] for x in t)
