@@ -20,13 +20,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m experiments.run --config=configs/quickstart.py --workdir=$(WORKDIR)
 
-## All tests, including the real-model ones marked slow (CI runs this).
+## All tests, including the real-model ones marked slow (CI runs this): two xdist workers,
+## one test file per worker at a time, sharing the on-disk XLA compilation cache.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS)
 
-## Tests without the real-model ones.
+## Tests without the ones marked slow (real models, minutes): the inner loop.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 ## Lint (rules in pyproject.toml [tool.ruff.lint]).
 lint: $(STAMP)

@@ -9,7 +9,8 @@ Draft Qwen2.5-Coder-0.5B -> target 1.5B, greedy (set
 (K = 2, 4) against the adaptive policies of `specjax.policies`: HF's heuristic
 schedule, Kangaroo confidence stop, SpecDec++ threshold and SmartSpec goodput,
 each a chain of at most 8 drafts verified at widths 1, 2, 3, 5 or 9; a static
-top-k tree, DySpec (16 nodes), RSD-S (beam 3, depth 4) and PEARL (gamma measured).
+top-k tree, DySpec (16 nodes), RSD-S (beam 3, depth 4) and PEARL (gamma 4, set by
+configs/quickstart.py's config.draft.pearl.gamma; "auto" = measured).
 A Sequoia tree needs a template measured for the pair first
 (`python -m experiments.sequoia_tree --target=qwen2.5-coder-1.5b
 --draft=qwen2.5-coder-0.5b --out=PATH`), then add `sequoia` with

@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.sampling = ConfigDict(dict(temperature=0.0, top_k=0, top_p=1.0))
     c.draft = ConfigDict(dict(self_layers=10, k=2, policy="none"))
     c.prompts = ConfigDict(dict(
-        spec_bench_path="",  # "" = ../shared/data/spec_bench/question.jsonl
+        spec_bench_path="",  # "" = the packaged copy (specjax/bench/data/spec_bench)
         # short categories (rag / summarization prompts would pad every row to ~1k tokens)
         spec_bench_categories="writing,roleplay,reasoning,math,coding,extraction,stem,humanities",
         per_category=2,

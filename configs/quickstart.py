@@ -17,18 +17,27 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.model = "smollm2-135m"
     c.draft_model = ""  # asset name / path of a separate draft model; "" = self_layers
     c.dtype = "float32"
-    c.layout = "auto"  # weight layout: auto = measured on this CPU (models.layout_probe)
+    c.layout = "auto"  # weight layout: auto = measured on this CPU (models.layout)
     c.methods = "autoregressive,pld,token_recycling"
     c.peers = ""  # e.g. "hf_greedy,hf_assisted,hf_prompt_lookup" (needs the peers extra)
     c.max_new_tokens = 64
     c.chat = True
     c.seed = 0
     c.sampling = ConfigDict(dict(temperature=0.0, top_k=0, top_p=1.0))
-    c.draft = ConfigDict(dict(self_layers=10, k=4, tree="3.2.1.1", prompt_lookup=3,
-                              pld_drafts=10, tr_template="4.2.1",
-                              policy="none"))  # e.g. "confidence:threshold=0.5" (specjax.policies)
+    # method settings (`python -m experiments.run --list`): a top-level key applies to every
+    # method with that field, a section config.draft.METHOD to one method
+    c.draft = ConfigDict(dict(
+        self_layers=10,  # no draft_model: draft with the target's first 10 layers
+        prompt_lookup=3,  # the hf_prompt_lookup peer's prompt_lookup_num_tokens
+        policy="none",  # e.g. "confidence:threshold=0.5" (specjax.policies)
+        sd_chain=dict(k=4),
+        sd_tree=dict(tree="3.2.1.1"),
+        pearl=dict(gamma=4),  # "auto": the measured target/draft forward-time ratio
+        pld=dict(num_drafts=10),
+        token_recycling=dict(template="4.2.1"),
+    ))
     c.prompts = ConfigDict(dict(
-        spec_bench_path="",  # "" = ../shared/data/spec_bench/question.jsonl
+        spec_bench_path="",  # "" = the packaged copy (specjax/bench/data/spec_bench)
         spec_bench_categories="writing,coding,math_reasoning,summarization",
         per_category=1,
         spec_bench_ids="",  # explicit question_ids instead of categories, e.g. "81,161"

@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         length_bucket=64,
     ))
     c.prompts = ConfigDict(dict(
-        spec_bench_path="",  # "" = ../shared/data/spec_bench/question.jsonl
+        spec_bench_path="",  # "" = the packaged copy (specjax/bench/data/spec_bench)
         spec_bench_categories="writing,coding,math_reasoning,qa,translation",
         per_category=2,
         humaneval="0,10,20,30,40,50,60,70,80,90",  # tuning split only (0-99)

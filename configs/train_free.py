@@ -15,10 +15,10 @@ Peers in the same run: transformers greedy `generate` and
 datastore that excludes the benchmark prompts:
 
     python -m experiments.heldout_corpus --config=configs/train_free.py --out=ds/heldout.jsonl
-    python -m specjax.drafters.retrieval build --tokenizer=smollm2-135m \
+    python -m experiments.build_datastore --tokenizer=smollm2-135m \
         --corpus=ds/heldout.jsonl --out=ds/heldout_smollm2.npz
     ... --config.draft.datastore=ds/heldout_smollm2.npz --config.methods=<METHODS>,retrieval,rasd
-(Qwen: --tokenizer=qwen2.5-coder-1.5b --vocab-size=151936.)
+(Qwen: --tokenizer=qwen2.5-coder-1.5b --vocab_size=151936.)
 
 The full set (80 prompts x 128 tokens x ~20 methods) takes many hours on a
 2-core CPU, mostly compilation per prompt-length bucket (Qwen: 50-100 s per
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.peers = "hf_greedy,hf_prompt_lookup"
     c.max_new_tokens = 128
     c.draft.prompt_lookup = 10
-    c.draft.tr_template = "tr80"
+    c.draft.token_recycling.template = "tr80"
     c.draft.datastore = ""
     c.prompts.spec_bench_categories = ",".join(prompts.SPEC_BENCH_TASKS)
     c.prompts.per_category = 10

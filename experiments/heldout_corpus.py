@@ -1,7 +1,7 @@
 """A retrieval corpus that excludes a benchmark's prompts (no copying of the test text).
 
     python -m experiments.heldout_corpus --config=configs/train_free.py --out=ds/heldout.jsonl
-    python -m specjax.drafters.retrieval build --tokenizer=smollm2-135m \
+    python -m experiments.build_datastore --tokenizer=smollm2-135m \
         --corpus=ds/heldout.jsonl --out=ds/heldout_smollm2.npz
 
 Writes one jsonl document per line (`{"text": ...}`): every Spec-Bench turn

@@ -1,7 +1,7 @@
 """c(T) of one dense layer y = x @ w: plain `x @ w` vs `specjax.models.linear`.
 
     python -m experiments.matmul_bench                       # all shapes, plain vs linear
-    python -m experiments.matmul_bench --shapes=smol_mlp_up,qwen_down --tokens=1,2,4,8
+    python -m experiments.matmul_bench --shapes=smol_gate_up,qwen_down --tokens=1,2,4,8
     python -m experiments.matmul_bench --variants=plain,linear,reduce_oi,plain_eigen
     python -m experiments.matmul_bench --list                # the formulations tried
 
@@ -21,7 +21,6 @@ printed next to each shape.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -30,10 +29,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from jax import lax
 
 from specjax.models import linear as lin
-from specjax.models.layout_probe import chain, time_interleaved
+from specjax.models.layout import chain, time_interleaved
 
 SHAPES = {  # name: (Din, Dout)
     "smol_q_o": (576, 576),
@@ -47,6 +47,20 @@ SHAPES = {  # name: (Din, Dout)
     "qwen_down": (8960, 1536),
     "qwen_head": (1536, 151936),
 }
+
+_SHAPES = flags.DEFINE_list("shapes", list(SHAPES), "Names from SHAPES or DinxDout.")
+_TOKENS = flags.DEFINE_list("tokens", ["1", "2", "4", "8", "16", "32", "64"],
+                            "Values of T (rows of x).")
+_VARIANTS = flags.DEFINE_list("variants", ["plain", "linear"],
+                              "Formulations, the first is the reference; see --list.")
+_REPS = flags.DEFINE_integer("reps", 10, "Interleaved timed rounds (max).")
+_BUDGET_S = flags.DEFINE_float("budget_s", 25,
+                               "Fewer rounds (>= 3) for a shape whose rounds would take longer.")
+_STREAM_MB = flags.DEFINE_float("stream_mb", 128,
+                                "Weight bytes per timed call (0: one cache-resident matrix).")
+_MAX_COPIES = flags.DEFINE_integer("max_copies", 64, "Cap on weight copies.")
+_OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
+_LIST = flags.DEFINE_bool("list", False, "List the variants and exit.")
 
 
 def _fence(f):
@@ -123,10 +137,12 @@ def _prepare(layout: str, w: np.ndarray):
     raise ValueError(layout)
 
 
-def bench_shape(name, din, dout, tokens, variants, args):
+def bench_shape(name, din, dout, tokens, variants, stream_mb, max_copies, reps, budget_s):
+    """Times every variant at every T for one [din, dout] weight (see the module
+    docstring); checks the variants agree with the first one."""
     nbytes = din * dout * 4
-    copies = 1 if args.stream_mb <= 0 else int(
-        min(args.max_copies, max(1, math.ceil(args.stream_mb * 2**20 / nbytes))))
+    copies = 1 if stream_mb <= 0 else int(
+        min(max_copies, max(1, math.ceil(stream_mb * 2**20 / nbytes))))
     rng = np.random.default_rng(0)
     ws = [rng.standard_normal((din, dout), np.float32) / np.sqrt(din) for _ in range(copies)]
     prepared = {}
@@ -148,7 +164,7 @@ def bench_shape(name, din, dout, tokens, variants, args):
     load0 = os.getloadavg()[0]
     calls = {(v, t): functools.partial(fns[v], xs[t], prepared[VARIANTS[v][0]])
              for v in variants for t in tokens}
-    med, reps = time_interleaved(calls, args.reps, args.budget_s)
+    med, reps = time_interleaved(calls, reps, budget_s)
     load1 = os.getloadavg()[0]
     ms = {k: 1e3 * s / copies for k, s in med.items()}
     return {"name": name, "din": din, "dout": dout, "copies": copies,
@@ -188,28 +204,14 @@ def _summary(results, tokens, variants):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default=",".join(SHAPES),
-                    help="names from SHAPES or DinxDout, comma-separated")
-    ap.add_argument("--tokens", default="1,2,4,8,16,32,64", help="values of T (rows of x)")
-    ap.add_argument("--variants", default="plain,linear",
-                    help="comma-separated, first is the reference; see --list")
-    ap.add_argument("--reps", type=int, default=10, help="interleaved timed rounds (max)")
-    ap.add_argument("--budget_s", type=float, default=25,
-                    help="fewer rounds (>= 3) for a shape whose rounds would take longer")
-    ap.add_argument("--stream_mb", type=float, default=128,
-                    help="weight bytes per timed call (0: one cache-resident matrix)")
-    ap.add_argument("--max_copies", type=int, default=64, help="cap on weight copies")
-    ap.add_argument("--out", default="", help="write the results as JSON here")
-    ap.add_argument("--list", action="store_true", help="list the variants and exit")
-    args = ap.parse_args(argv)
-    if args.list:
+def main(argv):
+    del argv
+    if _LIST.value:
         for k, (layout, _, opts, doc) in VARIANTS.items():
             print(f"{k:12s} layout={layout:8s} {doc}")
         return
-    tokens = [int(t) for t in args.tokens.split(",")]
-    variants = args.variants.split(",")
+    tokens = [int(t) for t in _TOKENS.value]
+    variants = _VARIANTS.value
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v}; --list shows them")
@@ -217,17 +219,18 @@ def main(argv=None):
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.1f}; "
           f"ms per matrix, c(T) vs {variants[0]} at T={tokens[0]}\n", flush=True)
     results = []
-    for s in args.shapes.split(","):
+    for s in _SHAPES.value:
         din, dout = SHAPES[s] if s in SHAPES else map(int, s.split("x"))
-        r = bench_shape(s, din, dout, tokens, variants, args)
+        r = bench_shape(s, din, dout, tokens, variants, stream_mb=_STREAM_MB.value,
+                        max_copies=_MAX_COPIES.value, reps=_REPS.value, budget_s=_BUDGET_S.value)
         results.append(r)
         print(_markdown(r, tokens, variants) + "\n", flush=True)
     print("## c(T) summary\n")
     print(_summary(results, tokens, variants))
-    if args.out:
-        with open(args.out, "w") as f:
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
             json.dump({"tokens": tokens, "variants": variants, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -1,6 +1,6 @@
 """Runs an experiment config: `python -m experiments.run --config=configs/quickstart.py`.
 
-Overrides: `--config.max_new_tokens=128 --config.draft.k=6`. `--list` prints the
+Overrides: `--config.max_new_tokens=128 --config.draft.sd_chain.k=6`. `--list` prints the
 registered methods. Outputs go to `--workdir` (see specjax.bench.experiment).
 Compiled programs are cached on disk (`experiment.enable_compilation_cache`;
 `SPECJAX_XLA_CACHE=off` disables).

@@ -6,9 +6,10 @@
 
 Sequoia (Chen et al., arXiv:2402.12374): the target generates a continuation
 of each prompt, one teacher-forced forward of each model over every text gives
-the per-rank acceptance vector (`specjax.sequoia.measure_acceptance`), and the
-dynamic programme picks the best tree per node budget. The file feeds the
-`sd_tree` method: `--config.draft.tree=sequoia:PATH@N`.
+the per-rank acceptance vector
+(`specjax.bench.sequoia_acceptance.measure_acceptance`), and the dynamic
+programme (`specjax.trees.sequoia`) picks the best tree per node budget. The
+file feeds the `sd_tree` method: `--config.draft.sd_tree.tree=sequoia:PATH@N`.
 
 Flags:
   --target        asset name, GGUF file or HF dir.
@@ -30,13 +31,15 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from specjax import sequoia, theory
+from specjax import theory
+from specjax.bench.sequoia_acceptance import generate_texts, measure_acceptance
 from specjax.sampling import Sampling
+from specjax.trees import sequoia
 
 _TARGET = flags.DEFINE_string("target", "smollm2-135m", "Target model.")
 _DRAFT = flags.DEFINE_string("draft", "self:10", "Draft: self:L or a model.")
 _PROMPTS = flags.DEFINE_string("prompts", "spec_bench", "Prompt selection (see docstring).")
-_SPEC_BENCH = flags.DEFINE_string("spec_bench_path", "", "question.jsonl (default: shared).")
+_SPEC_BENCH = flags.DEFINE_string("spec_bench_path", "", "question.jsonl (default: the packaged copy).")
 _PER_CATEGORY = flags.DEFINE_integer("per_category", 1, "Spec-Bench questions per category.")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "Prompts kept (0 = all selected).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Tokens the target generates per prompt.")
@@ -103,13 +106,13 @@ def main(argv):
     ids = [encode_turns(tok, p, [], _CHAT.value) for p in items]
     key = jax.random.key(_SEED.value)
     t1 = time.perf_counter()
-    texts, starts = sequoia.generate_texts(tcfg, tparams, ids, max_new_tokens=_MAX_NEW.value,
-                                           sampling=sampling, key=jax.random.fold_in(key, 0),
-                                           eos_ids=stop_token_ids(tok))
+    texts, starts = generate_texts(tcfg, tparams, ids, max_new_tokens=_MAX_NEW.value,
+                                   sampling=sampling, key=jax.random.fold_in(key, 0),
+                                   eos_ids=stop_token_ids(tok))
     t2 = time.perf_counter()
-    est = sequoia.measure_acceptance(tcfg, tparams, dcfg, dparams, texts, starts,
-                                     sampling=sampling, ranks=_RANKS.value,
-                                     num_draws=_NUM_DRAWS.value, key=jax.random.fold_in(key, 1))
+    est = measure_acceptance(tcfg, tparams, dcfg, dparams, texts, starts,
+                             sampling=sampling, ranks=_RANKS.value,
+                             num_draws=_NUM_DRAWS.value, key=jax.random.fold_in(key, 1))
     t3 = time.perf_counter()
     templates = [sequoia.make_template(est, n, target=_TARGET.value, draft=_DRAFT.value,
                                        sampling=sampling, max_depth=_MAX_DEPTH.value)
@@ -131,7 +134,7 @@ def main(argv):
         root = sum(1 for p in t.parents[1:] if p == 0)
         print(f"| {t.requested_nodes} | {t.num_nodes} | {t.depth} | {root} | "
               f"{t.expected_tokens:.3f} | {chain:.3f} |")
-    print(f"\nwrote {out} (use --config.draft.tree=sequoia:{out}@N)")
+    print(f"\nwrote {out} (use --config.draft.sd_tree.tree=sequoia:{out}@N)")
     print(f"load {t1 - t0:.0f} s, generate {t2 - t1:.0f} s, measure {t3 - t2:.0f} s")
 
 

@@ -131,7 +131,7 @@ QUICKSTART = [
     ctx = registry.BuildContext(
         target_cfg=cfg, target_params=params, max_new_tokens=MAX_NEW,
         sampling=Sampling(temperature=0.0), eos_ids=eos,
-        args=dict(pld_drafts=10, tr_template="4.2.1"))
+        args=dict(pld=dict(num_drafts=10), token_recycling=dict(template="4.2.1")))
     generators = [registry.get(name).build(ctx)
                   for name in ("autoregressive", "pld", "token_recycling")]
     records = runner.run(generators, items, tok, chat=not TINY, progress=not TINY)

@@ -1,4 +1,4 @@
-"""Tests of PEARL (specjax.pearl, arXiv:2408.11850).
+"""Tests of PEARL (specjax.decode.pearl, arXiv:2408.11850).
 
 - Greedy identity: PEARL output == greedy autoregressive output of the tiny
   transformer for a self-draft (every window accepted: long verify-mode runs),
@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from specjax import decode, pearl, trees, verify
-from specjax.models.lm import MarkovLM
+from specjax import decode, trees, verify
+from specjax.decode import pearl
 from specjax.models.params import first_layers, init_params
 from specjax.sampling import Sampling
-from tests.drafters.conftest import N_NEW, PROMPTS, TINY, MarkovLaw
+from tests.drafters.conftest import N_NEW, PROMPTS, TINY
+from tests.law import LOG_Q, REPEATING
 from tests.test_speculative_law import ResidualIsP
 
 
@@ -107,25 +108,19 @@ def test_no_recompilation(tiny_pair):
 # Monte Carlo law on Markov LMs
 # --------------------------------------------------------------------------
 
-Q = np.array([[0.5, 0.2, 0.3], [0.3, 0.3, 0.4], [0.25, 0.5, 0.25]])  # draft
-
-
 def _law_run(gamma, num_new, verifier=None, key=0):
-    law = MarkovLaw
-    out = pearl.pearl_generate(
-        jnp.log(jnp.asarray(law.P, jnp.float32)), law.LM, [law.PROMPT] * law.ROWS,
-        draft=MarkovLM(law.V), draft_params=jnp.log(jnp.asarray(Q, jnp.float32)), gamma=gamma,
-        verifier=verifier, max_new_tokens=num_new, sampling=law.SAMPLING, key=jax.random.key(key))
-    toks = np.array(out.tokens)
-    assert toks.shape == (law.ROWS, num_new)
-    return toks, out
+    def generate(params, lm, prompts, **kw):
+        return pearl.pearl_generate(params, lm, prompts, draft=REPEATING.LM,
+                                    draft_params=LOG_Q, gamma=gamma, verifier=verifier, **kw)
+
+    return REPEATING.sample(generate, num_new, key)
 
 
 @pytest.mark.parametrize("gamma", [2, 3])
 def test_output_law(gamma):
     window = gamma + 2  # sees the token after a whole verified window
     toks, out = _law_run(gamma, num_new=3 * window, key=gamma)
-    first, last = MarkovLaw.pvalues(toks, window)
+    first, last = REPEATING.pvalues(toks, window)
     assert first > 1e-3 and last > 1e-3, f"gamma={gamma}: law differs (p={first:.1e}, {last:.1e})"
     assert out.tau > 1.3
     assert out.verify_steps.sum() > 0.3 * out.steps.sum()  # both modes are exercised
@@ -147,7 +142,7 @@ class NoPreVerify:
 @pytest.mark.parametrize("mutant", [NoPreVerify, ResidualIsP])
 def test_mutants_are_detected(mutant):
     toks, _ = _law_run(2, num_new=4, verifier=mutant(verify.chain_sampling))
-    p = min(MarkovLaw.pvalues(toks, 4))
+    p = min(REPEATING.pvalues(toks, 4))
     assert p < 1e-6, f"{mutant.__name__} was not detected (p={p:.2e})"
 
 
@@ -220,12 +215,13 @@ def test_bad_input(tiny_pair):
 
 _MESH_SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np
-from specjax import decode, pearl
+from specjax import decode
+from specjax.decode import pearl
 from specjax.models.lm import MarkovLM
 from specjax.models.params import init_params
 from specjax.sampling import Sampling
-from tests.drafters.conftest import N_NEW, PROMPTS, TINY, MarkovLaw
-from tests.test_pearl import Q
+from tests.drafters.conftest import N_NEW, PROMPTS, TINY
+from tests.law import LOG_P, LOG_Q, REPEATING
 
 assert len(jax.devices()) == 2
 mesh = jax.make_mesh((2,), ("pearl",))
@@ -239,8 +235,7 @@ out = pearl.pearl_generate(params, TINY, PROMPTS, draft=TINY, draft_params=dpara
 print("greedy_identical", out.tokens == ref, out.tau > 1.2)
 # sampling: the mesh loop draws exactly what the one-device loop draws
 run = lambda **kw: pearl.pearl_generate(
-    jnp.log(jnp.asarray(MarkovLaw.P, jnp.float32)), MarkovLM(3), [MarkovLaw.PROMPT] * 64,
-    draft=MarkovLM(3), draft_params=jnp.log(jnp.asarray(Q, jnp.float32)), gamma=2,
+    LOG_P, MarkovLM(3), [REPEATING.PROMPT] * 64, draft=MarkovLM(3), draft_params=LOG_Q, gamma=2,
     max_new_tokens=12, sampling=Sampling(temperature=1.0), key=jax.random.key(5), **kw)
 a, b = run(mesh=mesh), run()
 print("sampling_equal", a.tokens == b.tokens, bool((a.accept_hist == b.accept_hist).all()))

@@ -3,13 +3,11 @@
 Marked slow: `make test` (and CI) run them; `make test-fast` skips them.
 """
 
-import jax
 import numpy as np
 import pytest
 
 from specjax import decode, trees, verify
 from specjax.drafters.draft_model import DraftModel
-from specjax.models import loading
 from specjax.models.lm import DecoderLM
 from specjax.models.params import first_layers
 from specjax.models.tokenizer import apply_chat_template, stop_token_ids
@@ -20,22 +18,15 @@ TEXTS = ["def fibonacci(n):", "The capital of France is",
          "Write a haiku about the sea."]
 
 
-@pytest.fixture(scope="module")
-def smol():
-    cfg, params = loading.load("smollm2-135m", progress=False)
-    tok = loading.load_tokenizer("smollm2-135m", progress=False)
-    return cfg, jax.device_put(params), tok
-
-
 def prompts_of(tok):
     return [tok.encode(TEXTS[0]), tok.encode(TEXTS[1]), apply_chat_template(tok, TEXTS[2])]
 
 
-def test_greedy_matches_transformers(smol):
+def test_greedy_matches_transformers(smol_model):
     torch = pytest.importorskip("torch")
     from specjax.bench.peers import load_hf_model
 
-    cfg, params, tok = smol
+    cfg, params, tok = smol_model
     model = load_hf_model("smollm2-135m")
     eos = stop_token_ids(tok)
     prompts = prompts_of(tok)
@@ -50,8 +41,8 @@ def test_greedy_matches_transformers(smol):
         assert got == ref, (tok.decode(got), tok.decode(ref))
 
 
-def test_coherent_text(smol):
-    cfg, params, tok = smol
+def test_coherent_text(smol_model):
+    cfg, params, tok = smol_model
     out = decode.autoregressive_generate(params, cfg, [tok.encode(TEXTS[0])], max_new_tokens=40,
                                          eos_ids=stop_token_ids(tok))
     text = tok.decode(out.tokens[0])
@@ -59,8 +50,8 @@ def test_coherent_text(smol):
 
 
 @pytest.mark.parametrize("drafter", ["chain", "tree"])
-def test_speculative_greedy_identity_batch_and_rows(smol, drafter):
-    cfg, params, tok = smol
+def test_speculative_greedy_identity_batch_and_rows(smol_model, drafter):
+    cfg, params, tok = smol_model
     dcfg, dparams = first_layers(cfg, params, 8)
     if drafter == "chain":
         d = DraftModel.chain(DecoderLM(dcfg), 4)

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     from specjax.drafters.draft_model import DraftModel
     from specjax.models.config import ModelConfig
     from specjax.models.lm import DecoderLM
-    from specjax.models.layout_probe import LayoutPlan
+    from specjax.models.layout import LayoutPlan
     from specjax.models.params import convert, first_layers, init_params, panelize
     assert len(jax.devices()) == 8, jax.devices()
     cfg = ModelConfig(arch="qwen2", vocab_size=64, dim=32, num_layers=2, num_heads=4,
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent("""
     assert len(pp["layers"][0]["w_up"].sharding.device_set) == 8
     with jax.set_mesh(mesh):
         panels = decode.speculative_generate(pp, cfg, prompts, draft_params=ppd, **kw)
-    # a mixed layout (plain layers, both LM heads; models.layout_probe)
+    # a mixed layout (plain layers, both LM heads; models.layout)
     mcfg, mp = convert(cfg, params, LayoutPlan(body="plain", head=(2, 8)))
     mp = sharding.shard_params(mp, mcfg, mesh)
     assert mp["lm_head_panels"].ndim == 3 and mp["lm_head"].ndim == 2

@@ -7,6 +7,7 @@ of transition probabilities. Many rows of one batch each generate a window of
 chi-square test compares the empirical law of the windows with the exact one.
 Mutant verifiers with the two classic bugs (residual replaced by p; bonus token
 drawn from q) must be rejected by the same test, which proves its power.
+The harness is shared by every law test: `tests/law.py`.
 """
 
 import dataclasses
@@ -16,43 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from specjax import decode, trees, verify
+from specjax import trees, verify
 from specjax.drafters.draft_model import DraftModel
-from specjax.models.lm import MarkovLM
-from specjax.sampling import Sampling
-from tests.markov_law import chi2_pooled
+from tests.law import FROM_START, LOG_Q, Q
 
-V = 3
-ROWS = 24000
-# Transitions with no tiny entries (min 0.1), so windows have no vanishing
-# cells; cells expected fewer than 5 times are pooled anyway.
-P = np.array([[0.2, 0.5, 0.3], [0.15, 0.25, 0.6], [0.7, 0.2, 0.1]])  # target
-Q = np.array([[0.5, 0.2, 0.3], [0.3, 0.3, 0.4], [0.25, 0.5, 0.25]])  # draft
-LM = MarkovLM(V)
-SAMPLING = Sampling(temperature=1.0)
-
-
-def _window_law(length):
-    """Exact law of the first `length` tokens after the prompt [0], flattened."""
-    seqs = np.array(np.meshgrid(*[np.arange(V)] * length, indexing="ij")).reshape(length, -1).T
-    probs = np.ones(len(seqs))
-    prev = np.zeros(len(seqs), int)  # prompt token 0
-    for t in range(length):
-        probs *= P[prev, seqs[:, t]]
-        prev = seqs[:, t]
-    return probs
+LM = FROM_START.LM
 
 
 def run_windows(drafter, verifier, length, key=0):
-    method = decode.Method(drafter=drafter, verifier=verifier)
-    out = decode.speculative_generate(
-        jnp.log(jnp.asarray(P, jnp.float32)), LM, [[0]] * ROWS, method=method,
-        draft_params=jnp.log(jnp.asarray(Q, jnp.float32)), max_new_tokens=length,
-        sampling=SAMPLING, key=jax.random.key(key))
-    toks = np.array(out.tokens)
-    assert toks.shape == (ROWS, length)
-    idx = np.ravel_multi_index(toks.T, (V,) * length)
-    return np.bincount(idx, minlength=V**length), out
+    """Generates `length` tokens per row; returns the p-value of the whole window and
+    the generation."""
+    toks, out = FROM_START.run(drafter, verifier, length, key=key, draft_params=LOG_Q)
+    return FROM_START.pvalue(toks, 0, length), out
 
 
 def topo(branching):
@@ -78,8 +54,7 @@ def _depth(drafter):
 def test_loop_output_law(name):
     drafter, verifier = CONFIGS[name]
     length = 1 + _depth(drafter) + 1  # first token + a window of depth + 1
-    counts, out = run_windows(drafter, verifier, length)
-    p = chi2_pooled(counts, _window_law(length))
+    p, out = run_windows(drafter, verifier, length)
     assert p > 1e-3, f"{name}: output law differs from the target's (p={p:.2e})"
     assert out.tau > 1.3  # drafts do get accepted
 
@@ -115,6 +90,5 @@ class ResidualIsP:
 def test_mutants_are_detected(mutant):
     drafter = DraftModel.chain(LM, 2)
     length = 1 + 3
-    counts, _ = run_windows(drafter, mutant(verify.chain_sampling), length)
-    p = chi2_pooled(counts, _window_law(length))
+    p, _ = run_windows(drafter, mutant(verify.chain_sampling), length)
     assert p < 1e-6, f"{mutant.__name__} was not detected (p={p:.2e})"

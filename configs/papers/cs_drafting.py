@@ -20,5 +20,5 @@ def get_config(arg: str | None = None):
         table="the speedup tables (rows: methods; columns: GSM8K, MMLU)",
         paper_setting="FLAN-T5-XXL with FLAN-T5-small/base drafts and LLaMA-2 pairs, GPUs",
         here="Spec-Bench math_reasoning and qa stand in for GSM8K and MMLU",
-        methods="autoregressive,sd_chain/k=4,max_gram,cs_drafting,cs_drafting/cs_bottom=bigram",
+        methods="autoregressive,sd_chain/k=4,max_gram,cs_drafting,cs_drafting/bottom=bigram",
         categories="math_reasoning,qa")

@@ -24,5 +24,5 @@ def get_config(arg: str | None = None):
         paper_setting="Llama 2 and OPT target/draft pairs on GPUs (WMT, XSum, Dolly)",
         here="Spec-Bench translation and summarization, HumanEval; trees of 13-15 nodes",
         methods="autoregressive,sd_chain/k=4,sd_tree/tree=3.1.1.1/tree_verifier=kseq,"
-                "sd_tree/tree=2.2.2,rsd_s/beam=3/depth=4",
+                "sd_tree/tree=2.2.2,rsd_s/beam_width=3/depth=4",
         categories="translation,summarization", humaneval=HUMANEVAL_20)

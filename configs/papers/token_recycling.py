@@ -23,4 +23,4 @@ def get_config(arg: str | None = None):
         paper_setting="Vicuna 7B/13B/33B on one A100, Spec-Bench (480 questions)",
         here="model-free drafting; ADED stands in for Lookahead; 10 prompts per task",
         methods="autoregressive,pld,aded,token_recycling", categories=SPEC_BENCH_TASKS,
-        draft_args=dict(tr_template="tr80"))
+        draft_args=dict(token_recycling=dict(template="tr80")))

@@ -43,7 +43,8 @@ import jax
 import numpy as np
 
 from specjax import decode, theory, verify
-from specjax.bench.theory_experiment import continuation_logits, distributions
+from specjax.bench.teacher_forced import continuation_logits
+from specjax.bench.verifier_rates import distributions
 from specjax.drafters.draft_model import DraftModel
 from specjax.models.lm import DecoderLM
 from specjax.sampling import Sampling

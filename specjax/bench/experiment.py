@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import time
@@ -112,15 +113,25 @@ def load_prompts(pc: PromptConfig) -> list[prompts_lib.Prompt]:
     return out
 
 
-def build_generators(cfg: ExperimentConfig, tok, target, draft) -> list[Generator]:
-    from specjax.models.tokenizer import stop_token_ids
-
-    specs = _split(cfg.methods)
-    methods = [registry.parse(m) for m in specs]  # validates names first
+def check_peers(cfg: ExperimentConfig) -> list[str]:
+    """The config's peer names; ValueError for an unknown one or a setting they lack."""
     peers = _split(cfg.peers)
     bad = [p for p in peers if p not in PEERS]
     if bad:
         raise ValueError(f"unknown peers {bad}; valid: {sorted(PEERS)}")
+    if peers and not cfg.sampling.greedy:
+        raise ValueError("HF peers are run greedy only; set sampling.temperature=0")
+    if "hf_assisted" in peers and not cfg.draft_model:
+        raise ValueError("hf_assisted needs config.draft_model")
+    return peers
+
+
+def build_generators(cfg: ExperimentConfig, tok, target, draft) -> list[Generator]:
+    """The config's JAX methods (`config.methods`) as generators; peers: `build_peers`."""
+    from specjax.models.tokenizer import stop_token_ids
+
+    specs = _split(cfg.methods)
+    methods = [registry.parse(m) for m in specs]  # validates names first
     eos = stop_token_ids(tok)
     ctx = registry.BuildContext(
         target_cfg=target[0], target_params=target[1], max_new_tokens=cfg.max_new_tokens,
@@ -128,24 +139,26 @@ def build_generators(cfg: ExperimentConfig, tok, target, draft) -> list[Generato
         draft_params=draft[1] if draft else None, args=dict(cfg.draft), seed=cfg.seed)
     gens = []
     for spec, (info, over) in zip(specs, methods):
-        g = info.build(dataclasses.replace(ctx, args={**ctx.args, **over}))
+        g = info.build(dataclasses.replace(
+            ctx, args=registry.with_overrides(ctx.args, info.name, over)))
         gens.append(dataclasses.replace(g, name=spec) if over else g)
     names = [g.name for g in gens]
     if len(set(names)) != len(names):
         raise ValueError(f"two methods have the same name in {names}")
-    if peers:
-        gens += build_peers(cfg, peers, eos, tok)
     return gens
 
 
 PEERS = ("hf_greedy", "hf_assisted", "hf_prompt_lookup")
 
 
-def build_peers(cfg: ExperimentConfig, names, eos, tok) -> list[Generator]:
+def build_peers(cfg: ExperimentConfig, names, tok) -> list[Generator]:
+    """The HF transformers peers named in `names` (loads the model, and the draft for
+    `hf_assisted`)."""
     from specjax.bench import peers as peers_lib
+    from specjax.models.tokenizer import stop_token_ids
 
-    if not cfg.sampling.greedy:
-        raise ValueError("HF peers are run greedy only; set sampling.temperature=0")
+    check_peers(dataclasses.replace(cfg, peers=",".join(names)))
+    eos = stop_token_ids(tok)
     model = peers_lib.load_hf_model(cfg.model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     kw = dict(max_new_tokens=cfg.max_new_tokens, eos_ids=eos, pad_id=pad)
@@ -154,8 +167,6 @@ def build_peers(cfg: ExperimentConfig, names, eos, tok) -> list[Generator]:
         if name == "hf_greedy":
             gens.append(peers_lib.hf_generator(name, model, **kw))
         elif name == "hf_assisted":
-            if not cfg.draft_model:
-                raise ValueError("hf_assisted needs config.draft_model")
             assistant = peers_lib.load_hf_model(cfg.draft_model)
             gens.append(peers_lib.hf_generator(name, model, assistant=assistant, **kw))
         else:
@@ -164,15 +175,27 @@ def build_peers(cfg: ExperimentConfig, names, eos, tok) -> list[Generator]:
     return gens
 
 
-def enable_compilation_cache(path: str | Path | None = None) -> Path | None:
-    """Turns on JAX's persistent compilation cache for benchmark commands.
+def enable_compilation_cache(path: str | Path | None = None, min_compile_secs: float = 0.5,
+                             subprocesses: bool = False) -> Path | None:
+    """Turns on JAX's persistent compilation cache (benchmark commands, the test suite).
 
     Default directory `<specjax cache>/xla` (`$SPECJAX_XLA_CACHE` overrides; "" or
     "off" disables). A run with ~20 methods traces so many nested functions that
     JAX's in-memory caches evict earlier methods' programs, and each later prompt
     then recompiled every method (15-60 s each on SmolLM2); with the cache the
     retrace costs seconds and XLA's compile is read back from disk. Resumed runs
-    and reruns of a config benefit too. Returns the directory, or None if off.
+    and reruns of a config benefit too, and so does a process that dropped its
+    in-memory executables (`jax.clear_caches()`) to free memory.
+
+    Args:
+      path: the directory (default as above).
+      min_compile_secs: programs that compile faster than this are not written.
+      subprocesses: also export the settings as JAX's environment variables, so
+        that child processes (notebook kernels, multi-device test scripts) use the
+        same cache.
+
+    Returns:
+      The directory, or None if off.
     """
     from specjax.models.assets import cache_dir
 
@@ -183,43 +206,45 @@ def enable_compilation_cache(path: str | Path | None = None) -> Path | None:
         return None
     path = Path(path).expanduser()
     path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    settings = {"jax_compilation_cache_dir": str(path),
+                "jax_persistent_cache_min_compile_time_secs": min_compile_secs,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        if subprocesses:
+            os.environ[name.upper()] = str(value)
     return path
 
 
-MAP_COUNT_FILE = "/proc/sys/vm/max_map_count"
-MIN_MAP_COUNT = 262144
-
-
-def check_map_count(path: str = MAP_COUNT_FILE, minimum: int = MIN_MAP_COUNT) -> str | None:
-    """A warning if Linux's per-process memory-map limit is below `minimum`.
-
-    XLA:CPU maps the machine code of every compiled program in many small
-    memory mappings (measured: ~2,900 per compiled speculative loop of the
-    Qwen2.5 0.5B -> 1.5B pair, 28 unrolled layers). A benchmark holding a dozen
-    methods' programs for a couple of prompt buckets passes Linux's default
-    limit of 65530 and the process aborts inside a compile with "LLVM ERROR:
-    Unable to allocate section memory" (seen in session 6 after 9 methods).
-    Returns None when the limit is fine or unknown (not Linux).
-    """
-    try:
-        with open(path) as f:
-            limit = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    if limit >= minimum:
-        return None
-    return (f"vm.max_map_count is {limit}: a run with many methods on a large model can abort "
-            f"in XLA's compiler ('LLVM ERROR: Unable to allocate section memory'); raise it "
-            f"with `sudo sysctl -w vm.max_map_count={4 * minimum}`")
-
-
 def warn_low_map_count() -> None:
-    """Prints `check_map_count`'s warning, if any (benchmark entry points)."""
+    """Prints `map_budget.check_map_count`'s note, if any (benchmark entry points)."""
+    from specjax.bench.map_budget import check_map_count
+
     if (warning := check_map_count()) is not None:
         print(f"warning: {warning}", flush=True)
+
+
+def parse_self_draft(spec: str, num_layers: int | None = None) -> int | None:
+    """L of a "self:L" draft spec (the target's first L layers); None for any other spec.
+
+    Args:
+      spec: a draft model spec ("self:10", an asset name, a path, "").
+      num_layers: the target's layer count, the largest valid L (None: not checked).
+
+    Raises:
+      ValueError: "self:" followed by anything but an integer in [1, num_layers].
+    """
+    if not spec.startswith("self:"):
+        return None
+    try:
+        layers = int(spec[len("self:"):])
+    except ValueError:
+        layers = 0
+    if not 1 <= layers <= (num_layers or layers):
+        top = num_layers if num_layers is not None else "the target's layer count"
+        raise ValueError(f"bad self-draft {spec!r}: expected self:L, the target's first L "
+                         f"layers, with L an integer in [1, {top}]")
+    return layers
 
 
 def load_models(model: str, draft_model: str, dtype: str, layout: str, progress: bool = True,
@@ -227,19 +252,22 @@ def load_models(model: str, draft_model: str, dtype: str, layout: str, progress:
     """((cfg, params) of the target, (cfg, params) of the draft or None), placed in `layout`.
 
     `draft_model`: "" (none), an asset name / path, or "self:L": the target's
-    first L layers (`models.params.first_layers`, sharing its arrays).
-    `target` = an already loaded (cfg, params) to use instead of loading `model`.
-    Raises ValueError when the draft's vocabulary differs from the target's.
+    first L layers (`parse_self_draft`, `models.params.first_layers`, sharing
+    its arrays). `target` = an already loaded (cfg, params) to use instead of
+    loading `model`.
+    Raises ValueError for a bad "self:L" (checked before the target loads) and
+    when the draft's vocabulary differs from the target's.
     """
     from specjax.models import loading
     from specjax.models import params as params_lib
 
+    parse_self_draft(draft_model)
     if target is None:
         tcfg, tparams = loading.load(model, dtype, progress=progress)
         target = params_lib.place(tcfg, tparams, layout)
     draft = None
-    if draft_model.startswith("self:"):
-        draft = params_lib.first_layers(*target, int(draft_model[5:]))
+    if (layers := parse_self_draft(draft_model, target[0].num_layers)) is not None:
+        draft = params_lib.first_layers(*target, layers)
     elif draft_model:
         dcfg, dparams = loading.load(draft_model, dtype, progress=progress)
         if dcfg.vocab_size != target[0].vocab_size:
@@ -256,6 +284,7 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     workdir = Path(workdir)
     for m in _split(cfg.methods):  # bad method names / overrides fail before the models load
         registry.parse(m)
+    peers = check_peers(cfg)
     items = load_prompts(cfg.prompts)
     workdir.mkdir(parents=True, exist_ok=True)
     warn_low_map_count()
@@ -266,8 +295,17 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     tok = loading.load_tokenizer(cfg.model, progress=progress)
     load_s = time.perf_counter() - t0
     gens = build_generators(cfg, tok, (tcfg, tparams), draft)
-    records = run(gens, items, tok, chat=cfg.chat, records_path=workdir / "records.jsonl",
-                  progress=progress)
+    records_path = workdir / "records.jsonl"
+    records = run(gens, items, tok, chat=cfg.chat, records_path=records_path, progress=progress)
+    if peers:
+        # The peers run after the JAX methods, once those and their weights are freed, so
+        # the process never holds both stacks' copies of the model (a Qwen 1.5B + 0.5B run
+        # held 17.5 GB with both); same prompts, same baseline, one process.
+        del gens, tparams, draft
+        jax.clear_caches()
+        gc.collect()
+        records += run(build_peers(cfg, peers, tok), items, tok, chat=cfg.chat,
+                       records_path=records_path, progress=progress)
     rows = metrics.summarize(records, baseline="autoregressive",
                              check_identity=cfg.sampling.greedy)
     table = metrics.markdown_table(rows)
@@ -277,6 +315,7 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
         config=jsonable(dataclasses.asdict(cfg)), load_seconds=load_s, table=table,
         platform=str(jax.devices()[0].platform),
         load_average_before_after=[list(load_before), list(os.getloadavg())],
+        peak_resident_bytes=peak_resident_bytes(),
         summary=[dataclasses.asdict(r) for r in rows],
         records=[dataclasses.asdict(r) for r in records],
     )
@@ -285,6 +324,18 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     if cfg.paper.layout:
         result["paper_table"] = write_paper_table(workdir, cfg, records)
     return result
+
+
+def peak_resident_bytes() -> int | None:
+    """This process's peak resident memory (Linux's VmHWM; None where unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def write_paper_table(workdir: Path, cfg: ExperimentConfig, records) -> str:

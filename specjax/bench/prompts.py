@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import importlib.resources
 import json
 from pathlib import Path
 from typing import Sequence
 
-DEFAULT_SPEC_BENCH = Path(__file__).resolve().parents[2].parent / "shared/data/spec_bench/question.jsonl"
+# The packaged copy of Spec-Bench's question file (Apache-2.0; source and licence in
+# specjax/bench/data/spec_bench/), and its SHA-256, checked on every read.
+SPEC_BENCH_RESOURCE = ("specjax.bench", "data/spec_bench/question.jsonl")
+SPEC_BENCH_SHA256 = "4b6d33e79484f9841c487ee87d1cf6aa8c6066f61d5d482ff09e5a007fafdf04"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +38,24 @@ MT_BENCH_TASK = "mt_bench"  # Spec-Bench's task name for the eight MT-bench cate
 SPEC_BENCH_TASKS = (MT_BENCH_TASK, "translation", "summarization", "qa", "math_reasoning", "rag")
 
 
+def spec_bench_text() -> str:
+    """The packaged Spec-Bench question file, checked against `SPEC_BENCH_SHA256`.
+
+    Read through `importlib.resources`, so a source checkout, an installed
+    wheel and a Colab runtime all find it.
+
+    Raises:
+      ValueError: the packaged file's hash is wrong (a corrupt or edited copy).
+    """
+    data = importlib.resources.files(SPEC_BENCH_RESOURCE[0]).joinpath(SPEC_BENCH_RESOURCE[1])
+    raw = data.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != SPEC_BENCH_SHA256:
+        raise ValueError(f"the packaged Spec-Bench question file {data} has SHA-256 {digest}, "
+                         f"expected {SPEC_BENCH_SHA256}: the copy is corrupt or was edited")
+    return raw.decode("utf-8")
+
+
 def load_spec_bench(
     path: str | Path | None = None,
     categories: Sequence[str] | None = None,
@@ -48,14 +70,21 @@ def load_spec_bench(
     categories (10 = one of each, then two more from the first two), and each
     prompt keeps its own category. Prompts come in file order.
 
+    `path` None or "" reads the copy packaged with specjax (`spec_bench_text`).
+
     Raises:
       FileNotFoundError: the file does not exist (the message gives the path).
-      ValueError: an unknown category (the message lists the valid ones).
+      ValueError: an unknown category (the message lists the valid ones), or a
+        packaged copy whose hash is wrong.
     """
-    path = Path(path) if path else DEFAULT_SPEC_BENCH
-    if not path.is_file():
-        raise FileNotFoundError(f"Spec-Bench question file not found: {path}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Spec-Bench question file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = spec_bench_text()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     known = list(dict.fromkeys(r["category"] for r in rows))
     mt = [c for c in known if any(len(r["turns"]) > 1 for r in rows if r["category"] == c)]
     if categories:

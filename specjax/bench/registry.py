@@ -1,21 +1,30 @@
 """Named methods: every runnable method is drafter x policy x verifier with defaults.
 
-`python -m experiments.run --list` prints this table. A config names methods
-(`config.methods = "autoregressive,sd_chain,sd_chain/k=6"`) and may override
-their hyperparameters for all methods (`--config.draft.k=6`) or per method
-(`sd_chain/k=6`). Builders get a `BuildContext` with the
-loaded target (and draft) and return a `Generator` for the runner.
+`python -m experiments.run --list` prints this table with each method's
+settings. A method's settings are the fields of the dataclasses (and
+functions) it is built from (`MethodInfo.parts`, read by `specjax.settings`),
+so one name and one default, the class's, serve every way to set them:
+
+  override     config.methods = "pld/num_drafts=4,sd_chain/k=6"
+  config dict  config.draft.pld = dict(num_drafts=4)  (a section per method)
+  Python       PromptLookup(V, num_drafts=4)
+
+Precedence: override > config.draft's top level (applies to every method
+with that field, e.g. self_layers) > the method's section > the class default.
+A key that no method knows, or an override the method does not take, is a
+ValueError listing the valid ones. Builders get a `BuildContext` with the
+loaded target (and draft) and the method's resolved `Settings`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 
-from specjax import decode, policies, trees, verify
+from specjax import decode, policies, settings, trees, verify
 from specjax.bench.runner import GenResult, Generator
 from specjax.drafters.draft_model import DraftModel
 from specjax.models.config import ModelConfig
@@ -23,10 +32,17 @@ from specjax.models.lm import DecoderLM
 from specjax.models.params import first_layers
 from specjax.sampling import Sampling
 
+# settings config.draft may hold for things other than registered methods
+PEER_SETTINGS = ("prompt_lookup",)  # hf_prompt_lookup's prompt_lookup_num_tokens (experiment)
+
 
 @dataclasses.dataclass
 class BuildContext:
-    """What builders may use: the target, an optional draft model, run settings."""
+    """What builders may use: the target, an optional draft model, run settings.
+
+    `args`: config.draft as a dict (settings, and sections `{method: {...}}`)
+    merged with a method's overrides (`parse`).
+    """
 
     target_cfg: ModelConfig
     target_params: Any
@@ -35,26 +51,313 @@ class BuildContext:
     eos_ids: tuple[int, ...]
     draft_cfg: ModelConfig | None = None
     draft_params: Any = None
-    args: dict = dataclasses.field(default_factory=dict)  # config.draft as a dict
+    args: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
 
-    def draft(self) -> tuple[ModelConfig, Any]:
-        """The draft model: an explicit one, or the target's first `self_layers` layers."""
+    def draft(self, self_layers: int | None = None) -> tuple[ModelConfig, Any]:
+        """The draft model: an explicit one, or the target's first `self_layers`
+        layers (default: the `self_layers` entry of `args`)."""
         if self.draft_cfg is not None:
             return self.draft_cfg, self.draft_params
-        return first_layers(self.target_cfg, self.target_params, int(self.args["self_layers"]))
+        if self_layers is None:
+            self_layers = settings.convert(self.args.get("self_layers"), int | None, "self_layers")
+        if self_layers is None:
+            raise ValueError("this method needs a draft model: set config.draft_model, or "
+                             "self_layers=L to draft with the target's first L layers")
+        return first_layers(self.target_cfg, self.target_params, self_layers)
+
+
+# -- settings of the methods ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfDraft:
+    """Without config.draft_model, the draft is the target's first `self_layers` layers
+    (`models.params.first_layers`)."""
+
+    self_layers: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthPolicy:
+    """A length policy for a draft-model method: a `policies.parse` spec, e.g.
+    "confidence:threshold=0.5" ("none": verify every drafted node)."""
+
+    policy: str = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class Widths:
+    """With a policy, the target widths the loop may verify ("1.2.4"; the drafter's
+    node count is added; `decode.Method.widths`). None: `decode.Method`'s default."""
+
+    widths: tuple[int, ...] | None = None
+
+
+# SmartSpec's draft queues up to this many committed tokens on steps that
+# draft nothing (K = 0) and forwards them together (`DraftModel.max_pending`)
+SMARTSPEC_MAX_PENDING = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveChain:
+    """A chain of up to `max_k` drafts under a length policy; the draft queues up to
+    `max_pending` tokens on steps that draft nothing (`DraftModel.chain`)."""
+
+    max_k: int = 8
+    max_pending: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SmartSpecChain(AdaptiveChain):
+    max_pending: int = SMARTSPEC_MAX_PENDING
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftTree:
+    """sd_tree's tree: per-depth branching ("3.2.1.1", SpecInfer-style top-k) or
+    "sequoia:PATH[@N]"; `tree_verifier` (sampling only) is a `TREE_VERIFIERS` name."""
+
+    tree: str
+    tree_verifier: str = "rrs_wor"
+
+
+@dataclasses.dataclass(frozen=True)
+class SequoiaTree:
+    """A Sequoia template file (`python -m experiments.sequoia_tree --out=PATH`)."""
+
+    sequoia_tree: str = ""
+    tree_verifier: str = "rrs_wor"
+
+
+@dataclasses.dataclass(frozen=True)
+class PearlGamma:
+    """PEARL's draft length: an int, or "auto" = the measured target/draft forward-time
+    ratio (`pearl.measure_gamma`)."""
+
+    gamma: int | str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeBottom:
+    """CS Drafting's statistical bottom drafter: "maxgram" (the paper's MaG) or "bigram"."""
+
+    bottom: str = "maxgram"
+
+
+@dataclasses.dataclass(frozen=True)
+class Datastore:
+    """A REST datastore file (`python -m experiments.build_datastore --out=PATH`)."""
+
+    datastore: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RasdDraftTree:
+    """RASD's draft-model top-k tree: per-depth branching."""
+
+    tree: tuple[int, ...] = (2, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Settings from the fields of `source` (a dataclass or function, `settings.fields`)
+    without `exclude` (set by the builder), named `prefix + field`."""
+
+    source: Any
+    exclude: tuple[str, ...] = ()
+    prefix: str = ""
+
+    def fields(self) -> dict[str, settings.Field]:
+        return {self.prefix + n: f for n, f in settings.fields(self.source, self.exclude).items()}
+
+
+class Settings(dict):
+    """A method's resolved settings by name (REQUIRED where a derived one was not given)."""
+
+    def __init__(self, values: Mapping[str, Any], parts: tuple[Part, ...]):
+        super().__init__(values)
+        self.parts = parts
+
+    def of(self, source) -> dict[str, Any]:
+        """The keyword arguments of `source` (one of the parts) from these settings."""
+        part = next(p for p in self.parts if p.source == source)
+        return {n: self[part.prefix + n] for n in settings.fields(part.source, part.exclude)
+                if self[part.prefix + n] is not settings.REQUIRED}
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodInfo:
+    """A registered method: its builder `make(ctx, settings)` and the parts whose fields
+    are its settings (`derived`: required fields the builder fills when not given, and
+    from what)."""
+
     name: str
     paper: str
     lossless: str  # "yes", "greedy only", "no"
     needs: str
-    build: Callable[[BuildContext], Generator]
+    make: Callable[[BuildContext, Settings], Any]
+    parts: tuple[Part, ...] = ()
+    derived: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def fields(self) -> dict[str, settings.Field]:
+        out: dict[str, settings.Field] = {}
+        for part in self.parts:
+            for name, f in part.fields().items():
+                if name in out:
+                    raise ValueError(f"method {self.name!r}: two parts have the setting {name!r}")
+                out[name] = f
+        return out
+
+    def settings(self, args: Mapping[str, Any]) -> Settings:
+        """This method's settings from `args` (`BuildContext.args`), see the module docstring.
+
+        Raises:
+          ValueError: an unknown key or section, a bad value, a missing required setting.
+        """
+        fields = self.fields()
+        section = args.get(self.name, {})
+        if not isinstance(section, Mapping):
+            raise ValueError(f"config.draft.{self.name} must be a section of {self.name}'s "
+                             f"settings, got {section!r}")
+        given = flatten(section)
+        _check_keys(self, given, f"config.draft.{self.name}", fields)
+        known = all_settings()
+        for key, value in args.items():
+            if isinstance(value, Mapping):
+                if key not in REGISTRY:
+                    raise ValueError(f"config.draft.{key} is a section, but {key!r} is no "
+                                     f"method; registered: {sorted(REGISTRY)}")
+            elif key in fields:
+                given.setdefault(key, value)  # the method's own section wins
+            elif key not in known:
+                _check_keys(self, {key: value}, "config.draft / the overrides", fields)
+        values = {}
+        for name, f in fields.items():
+            if name in given:
+                values[name] = settings.convert(given[name], f.type, f"{self.name}'s {name}")
+            elif f.default is not settings.REQUIRED or name in self.derived:
+                values[name] = f.default
+            else:
+                raise ValueError(f"method {self.name!r} needs {name} ({settings.type_name(f.type)}):"
+                                 f" {self.name}/{name}=VALUE or config.draft.{self.name}.{name}")
+        return Settings(values, self.parts)
+
+    def method(self, ctx: BuildContext):
+        """What the builder returns: a `Speculative` or (no `decode.Method`) a `Generator`."""
+        return self.make(ctx, self.settings(ctx.args))
+
+    def build(self, ctx: BuildContext) -> Generator:
+        """The runner's `Generator` of this method in `ctx`."""
+        built = self.method(ctx)
+        return _generator(ctx, built) if isinstance(built, Speculative) else built
 
 
-def autoregressive(ctx: BuildContext) -> Generator:
+def with_overrides(args: Mapping[str, Any], name: str, over: Mapping[str, Any]) -> dict:
+    """`args` with a method's overrides (`registry.parse`'s `sd_chain/k=4`) put in its
+    section, so they win over both the section and the top-level keys."""
+    return {**args, name: {**flatten(args.get(name, {})), **over}}
+
+
+def flatten(section: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"retrieval": {"num_nodes": 8}} -> {"retrieval.num_nodes": 8} (a nested drafter's
+    settings, `Part.prefix`)."""
+    out = {}
+    for key, value in section.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# the prefixed names of the hand-written builders -> the fields' names (error hints only)
+RENAMED = {
+    **{f"pld_{k}": f"pld/{k}" for k in ("max_ngram", "min_ngram", "earliest", "periodic")},
+    "pld_drafts": "pld/num_drafts", "tr_k": "token_recycling/k",
+    "tr_template": "token_recycling/template", "aded_k": "aded/k", "aded_slots": "aded/slots",
+    "aded_template": "aded/template", "aded_c": "aded/c_puct",
+    "kangaroo_layer": "kangaroo/exit_layer", "kangaroo_k": "kangaroo/num_drafts",
+    "kangaroo_threshold": "kangaroo/threshold",
+    **{f"swift_{k}": f"swift/{k}" for k in ("threshold", "window", "opt_steps", "granularity",
+                                           "bo_every")},
+    "swift_ratio": "swift/skip_ratio", "swift_k": "swift/num_drafts",
+    "bigram_drafts": "bigram/num_drafts", "bigram_k": "bigram/k (max_gram/k, cs_drafting/k)",
+    "mag_drafts": "max_gram/num_drafts", "mag_max_n": "max_gram/max_n (cs_drafting/max_n)",
+    "mag_earliest": "max_gram/earliest (cs_drafting/earliest)",
+    "cs_model": "cs_drafting/model_positions", "cs_bigram": "cs_drafting/bigram_positions",
+    "cs_lookahead": "cs_drafting/lookahead", "cs_vertical": "cs_drafting/vertical",
+    "cs_bottom": "cs_drafting/bottom",
+    **{f"ret_{k}": f"retrieval/{k}" for k in ("depth", "max_ngram", "min_ngram")},
+    "ret_nodes": "retrieval/num_nodes (rasd/retrieval.num_nodes)",
+    "ret_continuations": "retrieval/num_continuations",
+    "rasd_tree": "rasd/tree", "rasd_nodes": "rasd/num_nodes", "rasd_prune_topk": "rasd/prune_topk",
+    "dyspec_nodes": "dyspec/num_nodes", "dyspec_k": "dyspec/top_k",
+    "dyspec_per_round": "dyspec/nodes_per_round", "beam": "rsd_s/beam_width",
+    "pearl_gamma": "pearl/gamma", "initial_k": "sd_schedule/initial",
+}
+
+
+def _check_keys(info: MethodInfo, given: Mapping[str, Any], where: str, fields=None):
+    fields = info.fields() if fields is None else fields
+    for key in given:
+        if key not in fields:
+            hint = f" (renamed: {RENAMED[key]})" if key in RENAMED else ""
+            raise ValueError(f"unknown setting {key!r}{hint} of method {info.name!r} in {where}; "
+                             f"valid: {sorted(fields)}")
+
+
+def all_settings() -> set[str]:
+    """Every registered method's setting names (and `PEER_SETTINGS`)."""
+    return {n for m in REGISTRY.values() for n in m.fields()} | set(PEER_SETTINGS)
+
+
+# -- builders ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Speculative:
+    """A built speculative method: its name, `decode.Method` and the drafter's params."""
+
+    name: str
+    method: decode.Method
+    draft_params: Any = None
+
+
+def _generator(ctx: BuildContext, built: Speculative) -> Generator:
+    """A `Generator` running `speculative_generate` with the built method."""
+
+    def fn(ids):
+        g = decode.speculative_generate(
+            ctx.target_params, ctx.target_cfg, [ids], method=built.method,
+            draft_params=built.draft_params, max_new_tokens=ctx.max_new_tokens,
+            sampling=ctx.sampling, key=jax.random.key(ctx.seed), eos_ids=ctx.eos_ids)
+        return GenResult(tokens=g.tokens[0], target_calls=int(g.target_calls[0]),
+                         steps=int(g.steps[0]), accept_hist=g.accept_hist[0].tolist())
+
+    return Generator(built.name, fn)
+
+
+def _speculative(name: str, drafter, verifier, draft_params=None, policy=None,
+                 widths: tuple[int, ...] | None = None) -> Speculative:
+    """drafter x policy x verifier; with a policy, `widths` (+ the node count) are the
+    verification widths and the name gets "+PolicyName"."""
+    if policy is None:
+        return Speculative(name, decode.Method(drafter=drafter, verifier=verifier), draft_params)
+    return Speculative(f"{name}+{type(policy).__name__}",
+                       decode.Method(drafter=drafter, verifier=verifier, policy=policy,
+                                     widths=with_node_count(widths, drafter.num_nodes)),
+                       draft_params)
+
+
+def with_node_count(widths: tuple[int, ...] | None, num_nodes: int) -> tuple[int, ...] | None:
+    """`widths` + the node count, those <= it, sorted; None stays None."""
+    if not widths:
+        return None
+    return tuple(sorted({w for w in (*widths, num_nodes) if w <= num_nodes}))
+
+
+def autoregressive(ctx: BuildContext, s: Settings) -> Generator:
     def fn(ids):
         g = decode.autoregressive_generate(
             ctx.target_params, ctx.target_cfg, [ids], max_new_tokens=ctx.max_new_tokens,
@@ -64,105 +367,77 @@ def autoregressive(ctx: BuildContext) -> Generator:
     return Generator("autoregressive", fn)
 
 
-def _spec_generator(name: str, ctx: BuildContext, drafter, verifier,
-                    draft_params=None, policy=None) -> Generator:
-    """A `Generator` running `speculative_generate` with drafter x policy x verifier.
-
-    With a policy, `widths=1.2.4.9` (an override) sets the verification widths
-    (`decode.Method.widths`; default: 1..8, powers of two, N)."""
-    widths = method_widths(ctx.args, drafter.num_nodes) if policy is not None else None
-    method = decode.Method(drafter=drafter, verifier=verifier, policy=policy, widths=widths)
-
-    def fn(ids):
-        g = decode.speculative_generate(
-            ctx.target_params, ctx.target_cfg, [ids], method=method, draft_params=draft_params,
-            max_new_tokens=ctx.max_new_tokens, sampling=ctx.sampling,
-            key=jax.random.key(ctx.seed), eos_ids=ctx.eos_ids)
-        return GenResult(tokens=g.tokens[0], target_calls=int(g.target_calls[0]),
-                         steps=int(g.steps[0]), accept_hist=g.accept_hist[0].tolist())
-
-    return Generator(name, fn)
-
-
-def method_widths(args: dict, num_nodes: int) -> tuple[int, ...] | None:
-    """The `widths=1.2.4` override as verification widths (+ the node count); None if unset."""
-    spec = args.get("widths")
-    if not spec:
-        return None
-    w = tuple(int(x) for x in str(spec).split(".")) + (num_nodes,)
-    return tuple(sorted(set(x for x in w if x <= num_nodes)))
-
-
-# SmartSpec's draft queues up to this many committed tokens on steps that
-# draft nothing (K = 0) and forwards them together (`DraftModel.max_pending`)
-SMARTSPEC_MAX_PENDING = 4
+def measured_step_costs(ctx: BuildContext, draft, max_k: int = 8, batch: int = 1,
+                        context: int = 256, max_pending: int = 1) -> tuple[float, ...]:
+    """SmartSpec's step costs T(0..max_k) of this model pair (`policies.measure_step_costs`
+    at `batch` rows with `context` cached tokens), rounded to 4 decimals."""
+    dcfg, dparams = draft
+    costs = policies.measure_step_costs(
+        DecoderLM(ctx.target_cfg), ctx.target_params, DecoderLM(dcfg), dparams,
+        batch=batch, max_k=max_k, context=context, max_pending=max_pending)
+    return tuple(round(float(c), 4) for c in costs)
 
 
 def length_policy(ctx: BuildContext, spec: str | None = None, max_k: int = 8, batch: int = 1,
-                  context: int = 256, max_pending: int = 1):
-    """The policy named by `spec` (default: the `policy` override, "none").
+                  context: int = 256, max_pending: int = 1, draft=None):
+    """The policy named by `spec` (default: the `policy` entry of `ctx.args`, "none").
 
-    `goodput` without `step_costs` measures them for this model pair at `batch`
-    rows with `context` cached tokens (`policies.measure_step_costs`, k = 0..max_k,
-    the draft queueing up to `max_pending` tokens on steps that draft nothing).
+    `goodput` without `step_costs` measures them for this model pair
+    (`measured_step_costs`; `draft` default `ctx.draft()`).
     """
     spec = str(ctx.args.get("policy", "none") if spec is None else spec)
     if spec.partition(":")[0] == "goodput" and "step_costs" not in spec:
-        dcfg, dparams = ctx.draft()
-        costs = policies.measure_step_costs(
-            DecoderLM(ctx.target_cfg), ctx.target_params, DecoderLM(dcfg), dparams,
-            batch=batch, max_k=max_k, context=context, max_pending=max_pending)
+        costs = measured_step_costs(ctx, draft or ctx.draft(), max_k, batch, context, max_pending)
         sep = "," if ":" in spec else ":"
-        spec = f"{spec}{sep}step_costs={';'.join(f'{c:.4f}' for c in costs)}"
+        spec = f"{spec}{sep}step_costs={settings.show(costs)}"
     return policies.parse(spec)
-
-
-def _draft_model_generator(name: str, ctx: BuildContext, drafter_of, verifier,
-                           policy=None) -> Generator:
-    dcfg, dparams = ctx.draft()
-    if policy is not None:
-        name = f"{name}+{type(policy).__name__}"
-    return _spec_generator(name, ctx, drafter_of(DecoderLM(dcfg)), verifier, dparams, policy)
 
 
 def chain_verifier(sampling: Sampling):
     return verify.greedy if sampling.greedy else verify.chain_sampling
 
 
-def sd_chain(ctx: BuildContext) -> Generator:
+def _draft(ctx: BuildContext, s: Settings):
+    return ctx.draft(s["self_layers"])
+
+
+def sd_chain(ctx: BuildContext, s: Settings) -> Speculative:
     """Chain of k drafts; `policy=NAME:key=value,...` adds a length policy
     (`specjax.policies.parse`), e.g. sd_chain/k=8/policy=confidence:threshold=0.5."""
-    k = int(ctx.args["k"])
-    return _draft_model_generator(f"sd_chain(k={k})", ctx, lambda m: DraftModel.chain(m, k),
-                                  chain_verifier(ctx.sampling), length_policy(ctx, max_k=k))
+    dcfg, dparams = draft = _draft(ctx, s)
+    k, pend = s["k"], s["max_pending"]
+    policy = length_policy(ctx, s["policy"], max_k=k, max_pending=pend, draft=draft)
+    return _speculative(f"sd_chain(k={k})", DraftModel.chain(DecoderLM(dcfg), k, pend),
+                        chain_verifier(ctx.sampling), dparams, policy, s["widths"])
 
 
-def _adaptive_chain(label: str, policy_of: Callable[[dict], str], max_pending: int = 1):
-    """A chain of `max_k` drafts (default 8) under the policy `policy_of(args)`; the
-    draft queues up to `max_pending` (override) tokens on steps that draft nothing."""
+def _adaptive_chain(label: str, policy_of: Callable[[BuildContext, Settings, Any], Any]):
+    """A chain of `max_k` drafts (`AdaptiveChain`) under the policy `policy_of(ctx, s, draft)`."""
 
-    def build(ctx: BuildContext) -> Generator:
-        k = int(ctx.args.get("max_k", 8))
-        pend = int(ctx.args.get("max_pending", max_pending))
-        policy = length_policy(ctx, policy_of(ctx.args), max_k=k, max_pending=pend)
-        return _draft_model_generator(f"{label}(max_k={k})", ctx,
-                                      lambda m: DraftModel.chain(m, k, pend),
-                                      chain_verifier(ctx.sampling), policy)
+    def build(ctx: BuildContext, s: Settings) -> Speculative:
+        dcfg, dparams = draft = _draft(ctx, s)
+        k = s["max_k"]
+        return _speculative(f"{label}(max_k={k})",
+                            DraftModel.chain(DecoderLM(dcfg), k, s["max_pending"]),
+                            chain_verifier(ctx.sampling), dparams, policy_of(ctx, s, draft),
+                            s["widths"])
 
     return build
 
 
-sd_schedule = _adaptive_chain(
-    "sd_schedule", lambda a: f"schedule:max_k={int(a.get('max_k', 8))},"
-                             f"initial={min(int(a.get('initial_k', 5)), int(a.get('max_k', 8)))}")
+sd_schedule = _adaptive_chain("sd_schedule", lambda ctx, s, _: policies.Schedule(
+    **{**s.of(policies.Schedule), "initial": min(s["initial"], s["max_k"])}, max_k=s["max_k"]))
 sd_confidence = _adaptive_chain(
-    "sd_confidence", lambda a: f"confidence:threshold={float(a.get('threshold', 0.5))}")
+    "sd_confidence", lambda ctx, s, _: policies.Confidence(**s.of(policies.Confidence)))
 specdecpp = _adaptive_chain(
-    "specdecpp", lambda a: f"specdecpp:threshold={float(a.get('threshold', 0.3))}")
-smartspec = _adaptive_chain("smartspec", lambda a: "goodput", SMARTSPEC_MAX_PENDING)
+    "specdecpp", lambda ctx, s, _: policies.SpecDecPP(**s.of(policies.SpecDecPP)))
+smartspec = _adaptive_chain("smartspec", lambda ctx, s, draft: policies.Goodput(**{
+    **s.of(policies.Goodput),
+    "step_costs": s["step_costs"] if s["step_costs"] is not settings.REQUIRED else
+    measured_step_costs(ctx, draft, s["max_k"], max_pending=s["max_pending"])}))
 
 
-# tree_verifier override of sd_tree (sampling only): name -> (child rule, verifier factory)
+# tree_verifier of sd_tree (sampling only): name -> (child rule, verifier factory)
 TREE_VERIFIERS = {
     "rrs_wor": ("without_replacement", lambda: verify.tree_rrs(replacement=False)),  # RSD-C
     "rrs": ("iid", lambda: verify.tree_rrs(replacement=True)),  # SpecInfer multi-round
@@ -171,25 +446,25 @@ TREE_VERIFIERS = {
 }
 
 
-def sd_tree(ctx: BuildContext) -> Generator:
+def sd_tree(ctx: BuildContext, s: Settings) -> Speculative:
     """Tree from the draft model with tree verification. tree = per-depth branching
     ("3.2.1.1", SpecInfer-style top-k) or "sequoia:PATH[@N]" (a Sequoia template written by
     `python -m experiments.sequoia_tree`, arXiv:2402.12374). When sampling, tree_verifier
     picks the multi-draft rule and the matching draft law (`TREE_VERIFIERS`: rrs_wor =
     RSD-C, the default; rrs = SpecInfer; kseq = SpecTr; greedy_draft); greedy decoding
     always drafts the top-k and verifies greedily."""
-    spec = str(ctx.args["tree"])
+    spec = s["tree"]
     if spec.startswith("sequoia:"):
-        from specjax import sequoia
+        from specjax.trees import sequoia
 
         parents = sequoia.template_parents(spec)
         path, _ = sequoia.parse_spec(spec)
         label = f"sequoia:{path.stem}@{len(parents) - 1}"
     else:
-        branching = tuple(int(b) for b in spec.split("."))
+        branching = settings.convert(spec, tuple[int, ...], f"{spec!r} as the tree")
         parents = tuple(trees.template_topology(list(branching)).tolist())
         label = spec
-    name = str(ctx.args.get("tree_verifier", "rrs_wor"))
+    name = s["tree_verifier"]
     if name not in TREE_VERIFIERS:
         raise ValueError(f"unknown tree_verifier {name!r}; valid: {sorted(TREE_VERIFIERS)}")
     if ctx.sampling.greedy:
@@ -197,58 +472,56 @@ def sd_tree(ctx: BuildContext) -> Generator:
     else:
         rule, verifier = TREE_VERIFIERS[name][0], TREE_VERIFIERS[name][1]()
         label = label if name == "rrs_wor" else f"{label},{name}"
-    return _draft_model_generator(f"sd_tree({label})", ctx,
-                                  lambda m: DraftModel(m, parents, rule), verifier, length_policy(ctx))
+    dcfg, dparams = draft = _draft(ctx, s)
+    policy = length_policy(ctx, s["policy"], draft=draft)
+    return _speculative(f"sd_tree({label})",
+                        DraftModel(DecoderLM(dcfg), parents, rule, **s.of(DraftModel)),
+                        verifier, dparams, policy, s["widths"])
 
 
-def sequoia_tree(ctx: BuildContext) -> Generator:
+def sequoia_tree(ctx: BuildContext, s: Settings) -> Speculative:
     """Sequoia static tree: sequoia_tree=PATH[@N] (a template file, `experiments.sequoia_tree`)."""
-    if not ctx.args.get("sequoia_tree"):
+    if not s["sequoia_tree"]:
         raise ValueError("this method needs sequoia_tree=PATH[@N] (write one with "
                          "`python -m experiments.sequoia_tree --out=PATH`)")
-    return sd_tree(dataclasses.replace(
-        ctx, args={**ctx.args, "tree": f"sequoia:{ctx.args['sequoia_tree']}"}))
+    return sd_tree(ctx, Settings({**s, "tree": f"sequoia:{s['sequoia_tree']}"},
+                                 REGISTRY["sd_tree"].parts))
 
 
-def dyspec(ctx: BuildContext) -> Generator:
-    """DySpec dynamic tree from the draft model: overrides dyspec_nodes (16), dyspec_k (8),
-    dyspec_per_round (4; 1 = the paper's one node per draft forward)."""
+def dyspec(ctx: BuildContext, s: Settings) -> Speculative:
+    """DySpec dynamic tree from the draft model (`DySpec` fields num_nodes, top_k,
+    nodes_per_round; 1 = the paper's one node per draft forward)."""
     from specjax.drafters.dyspec import DySpec
 
-    a = ctx.args
-    dcfg, dparams = ctx.draft()
-    d = DySpec(DecoderLM(dcfg), num_nodes=int(a.get("dyspec_nodes", 16)),
-               top_k=int(a.get("dyspec_k", 8)),
-               nodes_per_round=int(a.get("dyspec_per_round", 4)))
+    dcfg, dparams = _draft(ctx, s)
+    d = DySpec(DecoderLM(dcfg), **s.of(DySpec))
     verifier = (verify.greedy if ctx.sampling.greedy
                 else verify.tree_rrs(replacement=False, max_children=d.max_children))
-    return _spec_generator(f"dyspec(N={d.num_nodes},R={d.nodes_per_round})", ctx, d,
-                           verifier, dparams)
+    return _speculative(f"dyspec(N={d.num_nodes},R={d.nodes_per_round})", d, verifier, dparams)
 
 
-def rsd_s(ctx: BuildContext) -> Generator:
-    """RSD-S: stochastic-beam-search draft tree (greedy: deterministic beam search).
-    Overrides: beam (W, 3), depth (D, 4), log_threshold (none)."""
+def rsd_s(ctx: BuildContext, s: Settings) -> Speculative:
+    """RSD-S: stochastic-beam-search draft tree (greedy: deterministic beam search);
+    `StochasticBeam` fields beam_width, depth, log_threshold."""
     from specjax.drafters.stochastic_beam import StochasticBeam
 
-    w, d = int(ctx.args.get("beam", 3)), int(ctx.args.get("depth", 4))
-    thr = ctx.args.get("log_threshold")
-    thr = None if thr in (None, "", "none") else float(thr)
+    dcfg, dparams = _draft(ctx, s)
+    d = StochasticBeam(DecoderLM(dcfg), **s.of(StochasticBeam))
     verifier = (verify.greedy if ctx.sampling.greedy
-                else verify.tree_rrs(replacement=False, max_children=w))
-    return _draft_model_generator(f"rsd_s(W={w},D={d})", ctx,
-                                  lambda m: StochasticBeam(m, w, d, thr), verifier)
+                else verify.tree_rrs(replacement=False, max_children=d.beam_width))
+    return _speculative(f"rsd_s(W={d.beam_width},D={d.depth})", d, verifier, dparams)
 
 
-def pearl(ctx: BuildContext) -> Generator:
-    """PEARL: pearl_gamma ("auto" = measured target/draft forward-time ratio, else an int;
-    default: k)."""
-    from specjax import pearl as pearl_lib
+def pearl(ctx: BuildContext, s: Settings) -> Generator:
+    """PEARL: gamma ("auto" = measured target/draft forward-time ratio, or an int)."""
+    from specjax.decode import pearl as pearl_lib
 
-    dcfg, dparams = ctx.draft()
-    spec = str(ctx.args.get("pearl_gamma", ctx.args.get("k", "auto")))
-    gamma = (pearl_lib.measure_gamma(ctx.target_cfg, ctx.target_params, dcfg, dparams)
-             if spec == "auto" else int(spec))
+    dcfg, dparams = _draft(ctx, s)
+    gamma = s["gamma"]
+    if gamma == "auto":
+        gamma = pearl_lib.measure_gamma(ctx.target_cfg, ctx.target_params, dcfg, dparams)
+    elif isinstance(gamma, str):
+        raise ValueError(f"pearl's gamma must be an int or 'auto', got {gamma!r}")
     verifier = chain_verifier(ctx.sampling)
 
     def fn(ids):
@@ -262,232 +535,231 @@ def pearl(ctx: BuildContext) -> Generator:
     return Generator(f"pearl(gamma={gamma})", fn)
 
 
-def _flag(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def pld(ctx: BuildContext) -> Generator:
-    """Prompt lookup: overrides pld_drafts (10), pld_max_ngram (3), pld_min_ngram (1),
-    pld_earliest (false), pld_periodic (true); earliest=1/periodic=0 is Spec-Bench's PLD."""
+def pld(ctx: BuildContext, s: Settings) -> Speculative:
+    """Prompt lookup; earliest=1/periodic=0 is Spec-Bench's PLD."""
     from specjax.drafters.prompt_lookup import PromptLookup
 
-    a = ctx.args
-    d = PromptLookup(ctx.target_cfg.vocab_size, num_drafts=int(a.get("pld_drafts", 10)),
-                     max_ngram=int(a.get("pld_max_ngram", 3)),
-                     min_ngram=int(a.get("pld_min_ngram", 1)),
-                     earliest=_flag(a.get("pld_earliest", False)),
-                     periodic=_flag(a.get("pld_periodic", True)))
-    return _spec_generator(f"pld(k={d.num_drafts})", ctx, d, chain_verifier(ctx.sampling))
+    d = PromptLookup(ctx.target_cfg.vocab_size, **s.of(PromptLookup))
+    return _speculative(f"pld(k={d.num_drafts})", d, chain_verifier(ctx.sampling))
 
 
-def token_recycling(ctx: BuildContext) -> Generator:
-    """Token Recycling: overrides tr_k (8), tr_template ("tr80" or branching "4.2.1")."""
+def token_recycling(ctx: BuildContext, s: Settings) -> Speculative:
+    """Token Recycling: template "tr80" or branching "4.2.1"."""
     from specjax.drafters.token_recycling import TokenRecycling, deterministic_tree
 
-    spec = str(ctx.args.get("tr_template", "tr80"))
-    template = spec if not spec[:1].isdigit() else tuple(int(b) for b in spec.split("."))
-    d = TokenRecycling(ctx.target_cfg.vocab_size, k=int(ctx.args.get("tr_k", 8)),
-                       template=template)
+    d = TokenRecycling(ctx.target_cfg.vocab_size, **s.of(TokenRecycling))
     verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
-    return _spec_generator(f"token_recycling({spec})", ctx, d, verifier)
+    return _speculative(f"token_recycling({settings.show(d.template)})", d, verifier)
 
 
-def aded(ctx: BuildContext) -> Generator:
-    """ADED: overrides aded_k (8), aded_slots (65536), aded_template ("tr80" or branching
-    "4.2.1"), aded_c (PUCT exploration constant, 0.5)."""
+def aded(ctx: BuildContext, s: Settings) -> Speculative:
+    """ADED: template "tr80" or branching "4.2.1", c_puct the PUCT exploration constant."""
     from specjax.drafters.aded import Aded
     from specjax.drafters.token_recycling import deterministic_tree
 
-    a = ctx.args
-    spec = str(a.get("aded_template", "tr80"))
-    template = spec if not spec[:1].isdigit() else tuple(int(b) for b in spec.split("."))
-    d = Aded(ctx.target_cfg.vocab_size, k=int(a.get("aded_k", 8)),
-             slots=int(a.get("aded_slots", 1 << 16)), template=template,
-             c_puct=float(a.get("aded_c", 0.5)))
+    d = Aded(ctx.target_cfg.vocab_size, **s.of(Aded))
     verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
-    return _spec_generator(f"aded({spec},c={d.c_puct:g})", ctx, d, verifier)
+    return _speculative(f"aded({settings.show(d.template)},c={d.c_puct:g})", d, verifier)
 
 
-def kangaroo(ctx: BuildContext) -> Generator:
-    """Kangaroo early exit (adapter-free until the training issue): overrides kangaroo_layer
-    (default self_layers), kangaroo_k (6), kangaroo_threshold (0.6)."""
-    from specjax.drafters.self_spec import Kangaroo
+def kangaroo(ctx: BuildContext, s: Settings) -> Speculative:
+    """Kangaroo early exit (adapter-free until the training issue); exit_layer defaults
+    to self_layers."""
+    from specjax.drafters.kangaroo import Kangaroo
 
-    a = ctx.args
-    d = Kangaroo(ctx.target_cfg, exit_layer=int(a.get("kangaroo_layer", a["self_layers"])),
-                 num_drafts=int(a.get("kangaroo_k", 6)),
-                 threshold=float(a.get("kangaroo_threshold", 0.6)))
-    return _spec_generator(f"kangaroo(l={d.exit_layer})", ctx, d, chain_verifier(ctx.sampling),
-                           draft_params=ctx.target_params)
-
-
-def swift(ctx: BuildContext) -> Generator:
-    """SWIFT on-the-fly layer skipping: overrides swift_ratio (0.45), swift_k (6),
-    swift_threshold (0.8), swift_window (16), swift_opt_steps (32; 0 = fixed spaced set),
-    swift_granularity (sublayer | layer), swift_bo_every (2; 0 = random search only)."""
-    from specjax.drafters.self_spec import Swift
-
-    a = ctx.args
-    d = Swift(ctx.target_cfg, num_drafts=int(a.get("swift_k", 6)),
-              threshold=float(a.get("swift_threshold", 0.8)),
-              skip_ratio=float(a.get("swift_ratio", 0.45)), window=int(a.get("swift_window", 16)),
-              opt_steps=int(a.get("swift_opt_steps", 32)),
-              granularity=a.get("swift_granularity", "sublayer"),
-              bo_every=int(a.get("swift_bo_every", 2)), seed=ctx.seed)
-    return _spec_generator(f"swift(r={d.skip_ratio},{d.granularity})", ctx, d,
-                           chain_verifier(ctx.sampling), draft_params=ctx.target_params)
+    kw = s.of(Kangaroo)
+    kw.setdefault("exit_layer", s["self_layers"])
+    if kw["exit_layer"] is None:
+        raise ValueError("kangaroo needs exit_layer (or self_layers): kangaroo/exit_layer=L")
+    d = Kangaroo(ctx.target_cfg, **kw)
+    return _speculative(f"kangaroo(l={d.exit_layer})", d, chain_verifier(ctx.sampling),
+                        ctx.target_params)
 
 
-def bigram(ctx: BuildContext) -> Generator:
-    """Bigram drafter (CS Drafting's statistical bottom model): overrides bigram_drafts (4),
-    bigram_k (4)."""
+def swift(ctx: BuildContext, s: Settings) -> Speculative:
+    """SWIFT on-the-fly layer skipping (opt_steps=0: a fixed spaced set; bo_every=0:
+    random search only); its search seed is the run's seed."""
+    from specjax.drafters.swift import Swift
+
+    d = Swift(ctx.target_cfg, **s.of(Swift), seed=ctx.seed)
+    return _speculative(f"swift(r={d.skip_ratio},{d.granularity})", d,
+                        chain_verifier(ctx.sampling), ctx.target_params)
+
+
+def bigram(ctx: BuildContext, s: Settings) -> Speculative:
+    """Bigram drafter (CS Drafting's statistical bottom model)."""
     from specjax.drafters.bigram import Bigram
 
-    d = Bigram(ctx.target_cfg.vocab_size, num_drafts=int(ctx.args.get("bigram_drafts", 4)),
-               k=int(ctx.args.get("bigram_k", 4)))
-    return _spec_generator(f"bigram(k={d.num_drafts})", ctx, d, chain_verifier(ctx.sampling))
+    d = Bigram(ctx.target_cfg.vocab_size, **s.of(Bigram))
+    return _speculative(f"bigram(k={d.num_drafts})", d, chain_verifier(ctx.sampling))
 
 
-def _max_gram_of(ctx: BuildContext, **kw):
+def max_gram(ctx: BuildContext, s: Settings) -> Speculative:
+    """Max-Gram (CS Drafting's MaG): copies what followed the longest earlier match of the
+    text's suffix, bigram fallback (earliest=0: the most recent occurrence)."""
     from specjax.drafters.max_gram import MaxGram
 
-    a = ctx.args
-    return MaxGram(ctx.target_cfg.vocab_size, max_n=int(a.get("mag_max_n", 16)),
-                   k=int(a.get("bigram_k", 4)), earliest=_flag(a.get("mag_earliest", True)),
-                   **kw)
+    d = MaxGram(ctx.target_cfg.vocab_size, **s.of(MaxGram))
+    return _speculative(f"max_gram(k={d.num_drafts})", d, chain_verifier(ctx.sampling))
 
 
-def max_gram(ctx: BuildContext) -> Generator:
-    """Max-Gram (CS Drafting's MaG): copies what followed the longest earlier match of the
-    text's suffix, bigram fallback; overrides mag_drafts (10), mag_max_n (16), mag_earliest
-    (1; 0 = most recent occurrence), bigram_k (4)."""
-    d = _max_gram_of(ctx, num_drafts=int(ctx.args.get("mag_drafts", 10)))
-    return _spec_generator(f"max_gram(k={d.num_drafts})", ctx, d, chain_verifier(ctx.sampling))
-
-
-def cs_drafting(ctx: BuildContext) -> Generator:
-    """CS Drafting: the draft model drafts the first cs_model (3) positions, accelerated by
-    the statistical bottom drafter (vertical cascade, cs_lookahead (2) proposals per draft
-    forward; cs_vertical=0 drafts autoregressively), the bottom drafter alone the next
-    cs_bigram (2). cs_bottom: maxgram (the paper's MaG, default; mag_* as for max_gram) |
-    bigram; bigram_k (4)."""
+def cs_drafting(ctx: BuildContext, s: Settings) -> Speculative:
+    """CS Drafting: the draft model drafts the first model_positions, accelerated by the
+    statistical bottom drafter (vertical cascade, lookahead proposals per draft forward;
+    vertical=0 drafts autoregressively), the bottom drafter alone the next
+    bigram_positions. bottom: maxgram (the paper's MaG, with max_n, earliest) | bigram."""
     from specjax.drafters import cascade
     from specjax.drafters.bigram import Bigram
+    from specjax.drafters.max_gram import MaxGram
 
-    a = ctx.args
-    dcfg, dparams = ctx.draft()
-    model, small = int(a.get("cs_model", 3)), int(a.get("cs_bigram", 2))
-    kind = str(a.get("cs_bottom", "maxgram"))
+    dcfg, dparams = _draft(ctx, s)
+    kind, k, vocab = s["bottom"], s["k"], ctx.target_cfg.vocab_size
     if kind not in ("maxgram", "bigram"):
-        raise ValueError(f"cs_bottom must be maxgram or bigram, got {kind!r}")
-    k = int(a.get("bigram_k", 4))
-    bottom = _max_gram_of(ctx) if kind == "maxgram" else Bigram(ctx.target_cfg.vocab_size, k=k)
-    d = cascade.cs_drafting(DecoderLM(dcfg), model_positions=model, bigram_positions=small,
-                            lookahead=int(a.get("cs_lookahead", 2)), k=k,
-                            vertical=_flag(a.get("cs_vertical", True)), bottom=bottom)
-    return _spec_generator(f"cs_drafting({model}+{small},{kind})", ctx, d,
-                           chain_verifier(ctx.sampling), (dparams, None))
+        raise ValueError(f"cs_drafting's bottom must be maxgram or bigram, got {kind!r}")
+    bottom = MaxGram(vocab, k=k, **s.of(MaxGram)) if kind == "maxgram" else Bigram(vocab, k=k)
+    kw = s.of(cascade.cs_drafting)
+    d = cascade.cs_drafting(DecoderLM(dcfg), **kw, bottom=bottom)
+    return _speculative(f"cs_drafting({kw['model_positions']}+{kw['bigram_positions']},{kind})",
+                        d, chain_verifier(ctx.sampling), (dparams, None))
 
 
-def _retrieval_of(ctx: BuildContext):
-    from specjax.drafters.retrieval import Retrieval
+def _datastore(ctx: BuildContext, s: Settings):
+    from specjax.drafters.datastore import load_datastore
 
-    a = ctx.args
-    return Retrieval(ctx.target_cfg.vocab_size, num_nodes=int(a.get("ret_nodes", 32)),
-                     depth=int(a.get("ret_depth", 8)),
-                     num_continuations=int(a.get("ret_continuations", 32)),
-                     max_ngram=int(a.get("ret_max_ngram", 8)),
-                     min_ngram=int(a.get("ret_min_ngram", 2)))
-
-
-def _datastore(ctx: BuildContext):
-    from specjax.drafters.retrieval import load_datastore
-
-    if not ctx.args.get("datastore"):
+    if not s["datastore"]:
         raise ValueError("this method needs datastore=PATH (build one with `python -m "
-                         "specjax.drafters.retrieval build --tokenizer=... --corpus=... --out=PATH`)")
-    return load_datastore(ctx.args["datastore"], vocab_size=ctx.target_cfg.vocab_size)
+                         "experiments.build_datastore --tokenizer=... --corpus=... --out=PATH`)")
+    return load_datastore(s["datastore"], vocab_size=ctx.target_cfg.vocab_size)
 
 
-def retrieval(ctx: BuildContext) -> Generator:
-    """REST retrieval drafts: datastore=PATH; overrides ret_nodes (32), ret_depth (8),
-    ret_continuations (32), ret_max_ngram (8), ret_min_ngram (2)."""
+def retrieval(ctx: BuildContext, s: Settings) -> Speculative:
+    """REST retrieval drafts from datastore=PATH."""
+    from specjax.drafters.retrieval import Retrieval
     from specjax.drafters.token_recycling import deterministic_tree
 
-    d = _retrieval_of(ctx)
+    d = Retrieval(ctx.target_cfg.vocab_size, **s.of(Retrieval))
     verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
-    return _spec_generator(f"retrieval(N={d.num_nodes})", ctx, d, verifier, _datastore(ctx))
+    return _speculative(f"retrieval(N={d.num_nodes})", d, verifier, _datastore(ctx, s))
 
 
-def rasd(ctx: BuildContext) -> Generator:
-    """RASD: draft-model top-k tree (rasd_tree "2.1") + pruned retrieval tree, fused
-    (rasd_nodes 48, rasd_prune_topk 8); datastore=PATH and the ret_* overrides."""
+def rasd(ctx: BuildContext, s: Settings) -> Speculative:
+    """RASD: draft-model top-k tree (tree) + pruned retrieval tree (retrieval.* = the
+    `Retrieval` fields), fused (num_nodes, prune_topk); datastore=PATH."""
     from specjax.drafters.rasd import RASD, rasd_params
+    from specjax.drafters.retrieval import Retrieval
     from specjax.drafters.token_recycling import deterministic_tree
 
-    dcfg, dparams = ctx.draft()
-    branching = [int(b) for b in str(ctx.args.get("rasd_tree", "2.1")).split(".")]
-    parents = tuple(trees.template_topology(branching).tolist())
-    d = RASD(DraftModel(DecoderLM(dcfg), parents, "topk"), _retrieval_of(ctx),
-             num_nodes=int(ctx.args.get("rasd_nodes", 48)),
-             prune_topk=int(ctx.args.get("rasd_prune_topk", 8)))
+    dcfg, dparams = _draft(ctx, s)
+    parents = tuple(trees.template_topology(list(s["tree"])).tolist())
+    d = RASD(DraftModel(DecoderLM(dcfg), parents, "topk"),
+             Retrieval(ctx.target_cfg.vocab_size, **s.of(Retrieval)), **s.of(RASD))
     verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
-    return _spec_generator(f"rasd(N={d.num_nodes})", ctx, d, verifier,
-                           rasd_params(dparams, _datastore(ctx)))
+    return _speculative(f"rasd(N={d.num_nodes})", d, verifier,
+                        rasd_params(dparams, _datastore(ctx, s)))
 
 
+def _parts() -> dict[str, tuple[Part, ...]]:
+    """Each method's settings: the parts it is built from (imported here, not at import
+    time of every drafter's dependencies)."""
+    from specjax.drafters import cascade
+    from specjax.drafters.aded import Aded
+    from specjax.drafters.bigram import Bigram
+    from specjax.drafters.dyspec import DySpec
+    from specjax.drafters.kangaroo import Kangaroo
+    from specjax.drafters.max_gram import MaxGram
+    from specjax.drafters.prompt_lookup import PromptLookup
+    from specjax.drafters.rasd import RASD
+    from specjax.drafters.retrieval import Retrieval
+    from specjax.drafters.stochastic_beam import StochasticBeam
+    from specjax.drafters.swift import Swift
+    from specjax.drafters.token_recycling import TokenRecycling
+
+    vocab = ("vocab_size",)
+    draft, widths = Part(SelfDraft), Part(Widths)
+    chain = (Part(AdaptiveChain), widths, draft)
+    tree = (Part(DraftModel, ("parents", "child_rule")), Part(LengthPolicy), widths, draft)
+    return {
+        "autoregressive": (),
+        "sd_chain": (Part(DraftModel.chain), Part(LengthPolicy), widths, draft),
+        "sd_tree": (Part(DraftTree), *tree),
+        "sequoia": (Part(SequoiaTree), *tree),
+        "dyspec": (Part(DySpec), draft),
+        "rsd_s": (Part(StochasticBeam), draft),
+        "pearl": (Part(PearlGamma), draft),
+        "sd_schedule": (Part(policies.Schedule, ("max_k",)), *chain),
+        "sd_confidence": (Part(policies.Confidence), *chain),
+        "specdecpp": (Part(policies.SpecDecPP), *chain),
+        "smartspec": (Part(policies.Goodput), Part(SmartSpecChain), widths, draft),
+        "pld": (Part(PromptLookup, vocab),),
+        "token_recycling": (Part(TokenRecycling, vocab),),
+        "aded": (Part(Aded, vocab),),
+        "bigram": (Part(Bigram, vocab),),
+        "max_gram": (Part(MaxGram, vocab),),
+        "cs_drafting": (Part(cascade.cs_drafting), Part(CascadeBottom),
+                        Part(MaxGram, (*vocab, "k", "num_drafts", "max_nodes")), draft),
+        "kangaroo": (Part(Kangaroo), draft),
+        "swift": (Part(Swift, ("seed",)),),
+        "retrieval": (Part(Retrieval, vocab), Part(Datastore)),
+        "rasd": (Part(RASD), Part(RasdDraftTree), Part(Retrieval, vocab, "retrieval."),
+                 Part(Datastore), draft),
+    }
+
+
+_DRAFT = "a draft model (or self_layers)"
+_METHODS = [  # name, paper, lossless, needs, builder, derived settings (MethodInfo)
+    ("autoregressive", "-", "yes", "nothing", autoregressive, {}),
+    ("sd_chain", "Leviathan et al. arXiv:2211.17192; Chen et al. arXiv:2302.01318", "yes",
+     _DRAFT, sd_chain, {}),
+    ("sd_tree", "SpecInfer arXiv:2305.09781; RSD arXiv:2402.14160", "yes", _DRAFT, sd_tree, {}),
+    ("sequoia", "Sequoia, Chen et al. arXiv:2402.12374", "yes",
+     f"{_DRAFT} + a template (sequoia_tree=PATH[@N])", sequoia_tree, {}),
+    ("dyspec", "DySpec, Xiong et al. arXiv:2410.11744", "yes", _DRAFT, dyspec, {}),
+    ("rsd_s", "RSD-S, Jeon et al. arXiv:2402.14160 (stochastic beam search, Kool et al. "
+     "arXiv:1903.06059)", "yes", _DRAFT, rsd_s, {}),
+    ("pearl", "PEARL, Liu et al. arXiv:2408.11850 (parallel draft/verify, adaptive length)",
+     "yes", _DRAFT, pearl, {}),
+    ("sd_schedule", "HF assisted generation's heuristic K schedule", "yes", _DRAFT,
+     sd_schedule, {}),
+    ("sd_confidence", "Kangaroo early stop, Liu et al. arXiv:2404.18911", "yes", _DRAFT,
+     sd_confidence, {}),
+    ("specdecpp", "SpecDec++, Huang et al. arXiv:2405.19715 (draft-prob acceptance "
+     "estimate)", "yes", _DRAFT, specdecpp, {}),
+    ("smartspec", "SmartSpec, Liu et al. arXiv:2406.14066", "yes",
+     f"{_DRAFT}; measures step costs unless given", smartspec, {"step_costs": "measured"}),
+    ("pld", "Saxena 2023 (prompt lookup); Spec-Bench arXiv:2401.07851", "yes", "nothing", pld,
+     {}),
+    ("token_recycling", "Luo et al. arXiv:2408.08696", "yes", "nothing", token_recycling, {}),
+    ("aded", "ADED, Liu et al. arXiv:2407.12021", "yes", "nothing", aded, {}),
+    ("bigram", "CS Drafting arXiv:2312.11462 (statistical bottom drafter)", "yes", "nothing",
+     bigram, {}),
+    ("max_gram", "CS Drafting arXiv:2312.11462 (Max-Gram statistical drafter)", "yes",
+     "nothing", max_gram, {}),
+    ("cs_drafting", "CS Drafting, Chen et al. arXiv:2312.11462", "yes", _DRAFT, cs_drafting,
+     {}),
+    ("kangaroo", "Kangaroo, Liu et al. arXiv:2404.18911 (adapter-free early exit)", "yes",
+     "nothing (the target's first layers)", kangaroo, {"exit_layer": "self_layers"}),
+    ("swift", "SWIFT, Xia et al. arXiv:2410.06916; Draft & Verify arXiv:2309.08168", "yes",
+     "nothing (the target with layers skipped)", swift, {}),
+    ("retrieval", "REST, He et al. arXiv:2311.08252", "yes", "a datastore (datastore=PATH)",
+     retrieval, {}),
+    ("rasd", "RASD, Quan et al. arXiv:2503.03434", "yes", f"{_DRAFT} + a datastore", rasd, {}),
+]
+_PARTS = _parts()
 REGISTRY: dict[str, MethodInfo] = {
-    m.name: m
-    for m in [
-        MethodInfo("autoregressive", "-", "yes", "nothing", autoregressive),
-        MethodInfo("sd_chain", "Leviathan et al. arXiv:2211.17192; Chen et al. arXiv:2302.01318",
-                   "yes", "a draft model (or self_layers)", sd_chain),
-        MethodInfo("sd_tree", "SpecInfer arXiv:2305.09781; RSD arXiv:2402.14160", "yes",
-                   "a draft model (or self_layers)", sd_tree),
-        MethodInfo("sequoia", "Sequoia, Chen et al. arXiv:2402.12374", "yes",
-                   "a draft model (or self_layers) + a template (sequoia_tree=PATH[@N])",
-                   sequoia_tree),
-        MethodInfo("dyspec", "DySpec, Xiong et al. arXiv:2410.11744", "yes",
-                   "a draft model (or self_layers)", dyspec),
-        MethodInfo("rsd_s", "RSD-S, Jeon et al. arXiv:2402.14160 (stochastic beam search, Kool "
-                   "et al. arXiv:1903.06059)", "yes", "a draft model (or self_layers)", rsd_s),
-        MethodInfo("pearl", "PEARL, Liu et al. arXiv:2408.11850 (parallel draft/verify, "
-                   "adaptive length)", "yes", "a draft model (or self_layers)", pearl),
-        MethodInfo("sd_schedule", "HF assisted generation's heuristic K schedule", "yes",
-                   "a draft model (or self_layers)", sd_schedule),
-        MethodInfo("sd_confidence", "Kangaroo early stop, Liu et al. arXiv:2404.18911", "yes",
-                   "a draft model (or self_layers)", sd_confidence),
-        MethodInfo("specdecpp", "SpecDec++, Huang et al. arXiv:2405.19715 (draft-prob "
-                   "acceptance estimate)", "yes", "a draft model (or self_layers)", specdecpp),
-        MethodInfo("smartspec", "SmartSpec, Liu et al. arXiv:2406.14066", "yes",
-                   "a draft model (or self_layers); measures step costs", smartspec),
-        MethodInfo("pld", "Saxena 2023 (prompt lookup); Spec-Bench arXiv:2401.07851", "yes",
-                   "nothing", pld),
-        MethodInfo("token_recycling", "Luo et al. arXiv:2408.08696", "yes", "nothing",
-                   token_recycling),
-        MethodInfo("aded", "ADED, Liu et al. arXiv:2407.12021", "yes", "nothing", aded),
-        MethodInfo("bigram", "CS Drafting arXiv:2312.11462 (statistical bottom drafter)", "yes",
-                   "nothing", bigram),
-        MethodInfo("max_gram", "CS Drafting arXiv:2312.11462 (Max-Gram statistical drafter)",
-                   "yes", "nothing", max_gram),
-        MethodInfo("cs_drafting", "CS Drafting, Chen et al. arXiv:2312.11462", "yes",
-                   "a draft model (or self_layers)", cs_drafting),
-        MethodInfo("kangaroo", "Kangaroo, Liu et al. arXiv:2404.18911 (adapter-free early exit)",
-                   "yes", "nothing (the target's first layers)", kangaroo),
-        MethodInfo("swift", "SWIFT, Xia et al. arXiv:2410.06916; Draft & Verify arXiv:2309.08168",
-                   "yes", "nothing (the target with layers skipped)", swift),
-        MethodInfo("retrieval", "REST, He et al. arXiv:2311.08252", "yes",
-                   "a datastore (datastore=PATH)", retrieval),
-        MethodInfo("rasd", "RASD, Quan et al. arXiv:2503.03434", "yes",
-                   "a draft model (or self_layers) + a datastore", rasd),
-    ]
+    name: MethodInfo(name, paper, lossless, needs, make, _PARTS[name], derived)
+    for name, paper, lossless, needs, make, derived in _METHODS
 }
 
 
 def parse(spec: str) -> tuple[MethodInfo, dict]:
-    """`"sd_chain/k=6/self_layers=12"` -> (the registered method, its overrides of config.draft)."""
+    """`"sd_chain/k=6/self_layers=12"` -> (the registered method, its overrides as strings).
+
+    Raises:
+      ValueError: an unknown method, an override that is not key=value, one the method
+        does not take (listing the valid ones) or a value its type does not accept.
+    """
     # split at "/key=" only, so values may be paths ("retrieval/datastore=ds/x.npz")
-    name, *over = re.split(r"/(?=[A-Za-z_][A-Za-z0-9_]*=)", spec.strip())
+    name, *over = re.split(r"/(?=[A-Za-z_][A-Za-z0-9_.]*=)", spec.strip())
     if "/" in name:
         name, bad = name.split("/", 1)
         over.insert(0, bad)
@@ -497,7 +769,12 @@ def parse(spec: str) -> tuple[MethodInfo, dict]:
             raise ValueError(f"method override {kv!r} in {spec!r} is not key=value")
         k, v = kv.split("=", 1)
         args[k] = v
-    return get(name), args
+    info = get(name)
+    fields = info.fields()
+    _check_keys(info, args, f"{spec!r}", fields)
+    for k, v in args.items():
+        settings.convert(v, fields[k].type, f"{info.name}'s {k} in {spec!r}")
+    return info, args
 
 
 def get(name: str) -> MethodInfo:
@@ -507,7 +784,15 @@ def get(name: str) -> MethodInfo:
 
 
 def table() -> str:
-    lines = ["| method | paper | lossless | needs |", "|---|---|---|---|"]
+    """The registered methods, with their settings and defaults (`--list`)."""
+    lines = ["| method | paper | lossless | needs | settings (default) |", "|---|---|---|---|---|"]
     for m in REGISTRY.values():
-        lines.append(f"| {m.name} | {m.paper} | {m.lossless} | {m.needs} |")
+        fields = ", ".join(f"{n}={_shown_default(m, n, f)}" for n, f in m.fields().items())
+        lines.append(f"| {m.name} | {m.paper} | {m.lossless} | {m.needs} | {fields or '-'} |")
     return "\n".join(lines)
+
+
+def _shown_default(info: MethodInfo, name: str, field: settings.Field) -> str:
+    if name in info.derived:
+        return f"<{info.derived[name]}>"
+    return '""' if field.default == "" else settings.show(field.default)

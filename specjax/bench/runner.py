@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from specjax.bench.map_budget import MapBudget
 from specjax.bench.metrics import CompileTimer, Record, add_hist
 from specjax.bench.prompts import Prompt
 
@@ -77,6 +78,7 @@ def run(
     chat: bool = True,
     records_path: str | Path | None = None,
     progress: bool = True,
+    map_budget: MapBudget | None = None,
 ) -> list[Record]:
     """Runs every generator on every prompt (all turns) and returns the records.
 
@@ -88,7 +90,10 @@ def run(
       chat: apply the chat template (raw prompts such as HumanEval never are).
       records_path: JSONL file to append records to and resume from.
       progress: show a tqdm bar with live tau and tokens/s.
+      map_budget: drops compiled programs between generations when the process
+        nears Linux's memory-map limit (default: a `MapBudget()` reading the limit).
     """
+    map_budget = MapBudget() if map_budget is None else map_budget
     done: dict[tuple[str, str], Record] = {}
     if records_path and Path(records_path).exists():
         for line in Path(records_path).read_text().splitlines():
@@ -106,6 +111,7 @@ def run(
                     bar.update()
                     continue
                 rec = _run_one(g, p, tok, chat)
+                map_budget.relieve()
                 records.append(rec)
                 if sink:
                     sink.write(json.dumps(dataclasses.asdict(rec)) + "\n")

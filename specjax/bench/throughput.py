@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from specjax import decode, policies
+from specjax import decode, policies, settings
 from specjax.bench import registry
 from specjax.bench.experiment import PromptConfig, checked_keys
 from specjax.bench.metrics import CompileTimer
@@ -163,23 +163,20 @@ def build_method(spec: str, ctx: registry.BuildContext, batch: int,
     info, over = registry.parse(spec)
     if info.name not in BATCHED:
         raise ValueError(f"method {info.name!r} is not batched here; batched: {list(BATCHED)}")
-    ctx = dataclasses.replace(ctx, args={**ctx.args, **over})
+    ctx = dataclasses.replace(ctx, args=registry.with_overrides(ctx.args, info.name, over))
     key = jax.random.key(ctx.seed)
     common = dict(max_new_tokens=ctx.max_new_tokens, sampling=ctx.sampling, key=key,
                   eos_ids=ctx.eos_ids)
     if info.name == BASELINE:
         return BatchMethod(spec, lambda prompts: decode.autoregressive_generate(
             ctx.target_params, ctx.target_cfg, prompts, **common))
+    s = info.settings(ctx.args)  # the registry's settings: same names and defaults
     if info.name == "sd_chain":
-        k = int(ctx.args["k"])
-        policy_spec = str(ctx.args.get("policy", "none"))
-        pend = int(ctx.args.get("max_pending", 1))
+        k, policy_spec, pend = s["k"], s["policy"], s["max_pending"]
     else:  # smartspec
-        k = int(ctx.args.get("max_k", 8))
-        policy_spec = "goodput"
-        if ctx.args.get("step_costs"):
-            policy_spec = f"goodput:step_costs={ctx.args['step_costs']}"
-        pend = int(ctx.args.get("max_pending", registry.SMARTSPEC_MAX_PENDING))
+        k, pend, policy_spec = s["max_k"], s["max_pending"], "goodput"
+        if s["step_costs"] is not settings.REQUIRED:
+            policy_spec = f"goodput:step_costs={settings.show(s['step_costs'])}"
     if k < 1:
         raise ValueError(f"{spec}: the draft length must be >= 1; got {k}")
     measures = policy_spec.partition(":")[0] == "goodput" and "step_costs" not in policy_spec
@@ -192,7 +189,8 @@ def build_method(spec: str, ctx: registry.BuildContext, batch: int,
     drafter = DraftModel.chain(DecoderLM(dcfg), k, pend)
     method = decode.Method(drafter=drafter, verifier=registry.chain_verifier(ctx.sampling),
                            policy=policy,
-                           widths=registry.method_widths(ctx.args, drafter.num_nodes) if policy else None)
+                           widths=(registry.with_node_count(s["widths"], drafter.num_nodes)
+                                   if policy else None))
     method.verify_widths()  # malformed widths: ValueError now, not in the first run
 
     def generate(prompts):

@@ -112,8 +112,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal, TemplateTree
-from specjax.drafters.prompt_lookup import check_vocab
+from specjax.drafters.base import Proposal, TemplateTree, check_vocab
 from specjax.drafters.token_recycling import first_child_point_mass
 from specjax.sampling import Sampling
 

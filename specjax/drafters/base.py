@@ -27,6 +27,12 @@ Optional: a drafter that keeps a copy of the target's keys/values
 `init(..., max_len, target_cache=<the target's prefilled KVCache>)` and
 `update(..., target_logits, target_kv=<the verification forward's KVBlock
 [L, B, N, K, H]>)`. Other drafters are called exactly as above.
+
+Two helpers of that contract shared by the drafters: `chain_point_mass`, the
+`draft_probs` of a deterministic chain (a point mass on each draft, which is
+what makes a sampling verifier lossless for drafts that were not sampled),
+and `check_vocab`, which `update` uses to refuse a target whose vocabulary
+differs from the one the drafter was built for.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any, Protocol
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from specjax.sampling import Sampling
@@ -58,6 +65,31 @@ class Drafter(Protocol):
                 sampling: Sampling) -> Proposal: ...
 
     def update(self, params, state, tree, result, target_logits: jax.Array) -> Any: ...
+
+
+def chain_point_mass(drafts: jax.Array, count: jax.Array, vocab_size: int) -> jax.Array:
+    """Point-mass draft law of a chain: row i one-hot at draft i (node i + 1).
+
+    Args:
+      drafts: int32[B, K]; count: int32[B] real drafts.
+      vocab_size: V.
+
+    Returns:
+      f32[B, K + 1, V]; rows without a real child are zero.
+    """
+    b, k = drafts.shape
+    real = jnp.arange(k)[None, :] < count[:, None]
+    q = jax.nn.one_hot(drafts, vocab_size, dtype=jnp.float32) * real[..., None]
+    return jnp.concatenate([q, jnp.zeros((b, 1, vocab_size), jnp.float32)], axis=1)
+
+
+def check_vocab(target_logits: jax.Array, vocab_size: int, who: str) -> None:
+    """Raises ValueError (at trace time) if the target's vocabulary differs."""
+    if target_logits.shape[-1] != vocab_size:
+        raise ValueError(
+            f"{who} was built for a vocabulary of {vocab_size} tokens but the target has "
+            f"{target_logits.shape[-1]}; pass vocab_size=<the target's vocab_size>"
+        )
 
 
 class TemplateTree:

@@ -57,8 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal
-from specjax.drafters.prompt_lookup import chain_point_mass, check_vocab
+from specjax.drafters.base import Proposal, chain_point_mass, check_vocab
 from specjax.sampling import Sampling
 
 

@@ -78,9 +78,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees, verify
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import Proposal, chain_point_mass, check_vocab
 from specjax.drafters.bigram import Bigram
-from specjax.drafters.prompt_lookup import chain_point_mass, check_vocab
 from specjax.models import decoder
 from specjax.sampling import Sampling, process_logits, sample
 

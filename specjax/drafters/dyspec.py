@@ -208,12 +208,14 @@ class DySpec:
         a node gets at most min(K, N - 1) children.
       nodes_per_round: R >= 1, nodes added per draft forward (1: the paper's
         greedy expansion, N - 1 forwards minus the last; R: ceil((N-1)/R)).
+
+    The defaults (N = 16, K = 8, R = 4) are the registry method `dyspec`'s.
     """
 
     model: LanguageModel
-    num_nodes: int
+    num_nodes: int = 16
     top_k: int = 8
-    nodes_per_round: int = 1
+    nodes_per_round: int = 4
 
     def __post_init__(self):
         for name in ("num_nodes", "top_k", "nodes_per_round"):

@@ -61,9 +61,8 @@ import jax.numpy as jnp
 
 from specjax import trees
 from specjax.drafters import bigram as bg
-from specjax.drafters.base import Proposal
-from specjax.drafters.prompt_lookup import (TokenHistory, append_path, chain_point_mass,
-                                            check_vocab, init_history)
+from specjax.drafters.base import Proposal, chain_point_mass, check_vocab
+from specjax.drafters.history import TokenHistory, append_path, init_history
 from specjax.sampling import Sampling
 
 

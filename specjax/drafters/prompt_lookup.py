@@ -17,10 +17,11 @@ the text being drafted is itself the continuation; with `periodic=False` it
 is truncated as in Saxena's code. Unmatched steps propose nothing. Drafts
 that do not exist are padding (`valid=False`), so they are never accepted.
 
-Everything runs on device with fixed shapes: the drafter state holds each
-row's own token history int32[B, H] (H = the cache size, which bounds prompt
-+ generated tokens) and its length, and matching is O(B * H * max_ngram^2)
-elementwise comparisons per step, negligible next to a target forward.
+Everything runs on device with fixed shapes: the drafter state is each
+row's committed text (`drafters.history.TokenHistory`: int32[B, H], H = the
+cache size, which bounds prompt + generated tokens, and its length), and
+matching is O(B * H * max_ngram^2) elementwise comparisons per step,
+negligible next to a target forward.
 
 Losslessness: the drafts are a deterministic function of the committed text,
 so the draft law is a point mass. `draft_probs` is that point mass (row i is
@@ -40,76 +41,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
 from specjax import trees
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import Proposal, chain_point_mass, check_vocab
+from specjax.drafters.history import TokenHistory, append_path, init_history, push_root
 from specjax.sampling import Sampling
-
-
-@flax.struct.dataclass
-class TokenHistory:
-    """Each row's committed tokens (prompt first), zero-padded after `length`.
-
-    tokens: int32[B, H]; length: int32[B] (<= H).
-    """
-
-    tokens: jax.Array
-    length: jax.Array
-
-
-def init_history(tokens: jax.Array, lengths: jax.Array, capacity: int) -> TokenHistory:
-    """A history of `capacity` slots holding the right-padded prompts.
-
-    Args:
-      tokens: int32[B, P] right-padded prompts.
-      lengths: int32[B] prompt lengths.
-      capacity: H, static number of slots (prompt + every committed token).
-
-    Returns:
-      The TokenHistory.
-    """
-    b, p = tokens.shape
-    keep = min(p, capacity)
-    hist = jnp.zeros((b, capacity), jnp.int32).at[:, :keep].set(tokens[:, :keep].astype(jnp.int32))
-    lengths = jnp.minimum(lengths.astype(jnp.int32), capacity)
-    hist = jnp.where(jnp.arange(capacity)[None, :] < lengths[:, None], hist, 0)
-    return TokenHistory(tokens=hist, length=lengths)
-
-
-def push_root(history: TokenHistory, root: jax.Array) -> jax.Array:
-    """History tokens with `root` written at slot `length` (not yet committed).
-
-    Returns:
-      int32[B, H]; slots beyond the capacity are dropped.
-    """
-    b, _ = history.tokens.shape
-    return history.tokens.at[jnp.arange(b), history.length].set(root.astype(jnp.int32), mode="drop")
-
-
-def append_path(history: TokenHistory, tree: trees.Tree, result) -> TokenHistory:
-    """Appends the root and the accepted drafts of each row (not the next token).
-
-    The next token becomes the root of the next step and is appended then.
-
-    Args:
-      history: the histories.
-      tree: the verified trees.
-      result: the `VerifyResult` (path, num_accepted).
-
-    Returns:
-      The new TokenHistory (lengths clipped to the capacity).
-    """
-    b, h = history.tokens.shape
-    n = tree.num_nodes
-    path_tokens = jnp.take_along_axis(tree.tokens, result.path, axis=1)  # [B, N], root first
-    i = jnp.arange(n)[None, :]
-    slots = jnp.where(i <= result.num_accepted[:, None], history.length[:, None] + i, h)
-    tokens = history.tokens.at[jnp.arange(b)[:, None], slots].set(path_tokens, mode="drop")
-    length = jnp.minimum(history.length + result.num_accepted + 1, h)
-    return TokenHistory(tokens=tokens, length=length)
 
 
 def find_match(
@@ -184,31 +122,6 @@ def continuation(
     count = count.astype(jnp.int32)
     drafts = jnp.take_along_axis(tokens, jnp.clip(idx, 0, h - 1), axis=1)
     return jnp.where(m < count[:, None], drafts, 0), count
-
-
-def chain_point_mass(drafts: jax.Array, count: jax.Array, vocab_size: int) -> jax.Array:
-    """Point-mass draft law of a chain: row i one-hot at draft i (node i + 1).
-
-    Args:
-      drafts: int32[B, K]; count: int32[B] real drafts.
-      vocab_size: V.
-
-    Returns:
-      f32[B, K + 1, V]; rows without a real child are zero.
-    """
-    b, k = drafts.shape
-    real = jnp.arange(k)[None, :] < count[:, None]
-    q = jax.nn.one_hot(drafts, vocab_size, dtype=jnp.float32) * real[..., None]
-    return jnp.concatenate([q, jnp.zeros((b, 1, vocab_size), jnp.float32)], axis=1)
-
-
-def check_vocab(target_logits: jax.Array, vocab_size: int, who: str) -> None:
-    """Raises ValueError (at trace time) if the target's vocabulary differs."""
-    if target_logits.shape[-1] != vocab_size:
-        raise ValueError(
-            f"{who} was built for a vocabulary of {vocab_size} tokens but the target has "
-            f"{target_logits.shape[-1]}; pass vocab_size=<the target's vocab_size>"
-        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,10 +64,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import Proposal, check_vocab
+from specjax.drafters.datastore import Datastore
 from specjax.drafters.draft_model import DraftModel, DraftModelState, feed_block
-from specjax.drafters.prompt_lookup import TokenHistory, append_path, check_vocab, init_history
-from specjax.drafters.retrieval import Datastore, Retrieval, retrieval_tree
+from specjax.drafters.history import TokenHistory, append_path, init_history
+from specjax.drafters.retrieval import Retrieval, retrieval_tree
 from specjax.drafters.token_recycling import first_child_point_mass
 from specjax.sampling import Sampling
 

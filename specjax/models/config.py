@@ -3,6 +3,9 @@
 `ModelConfig` is a frozen, hashable dataclass so that it can be a static
 argument of jitted functions. It is built from a HuggingFace `config.json`
 dictionary (`from_hf_config`) or from GGUF metadata (see `models.gguf_io`).
+`Params`, the type of the parameter pytree that goes with it (its layout is
+described in `models.params`), lives here too, so that every module of
+`specjax.models` can name both without importing `models.params`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import dataclasses
 from typing import Any, Mapping
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+
+Params = dict  # the parameter pytree (`models.params`: plain or panel layout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +41,7 @@ class ModelConfig:
       panel_head_rows: (lo, hi): a forward of M = lo..hi rows (batch x tokens)
         uses the panelled LM head when the params hold one and a plain head
         too (`models.params.convert`, chosen per machine by
-        `models.layout_probe`); not part of the architecture.
+        `models.layout`); not part of the architecture.
     """
 
     arch: str

@@ -12,6 +12,16 @@ the new tokens (a `KVBlock`). A padded token tree is verified with one call by
 passing the tree's ancestor mask; `cache.commit` keeps the accepted path.
 `prefill` and `decode_step` are the two autoregressive special cases.
 
+`forward` (and `transformer`) optionally take a run mask of the layers, per
+row: `run` bool[B, L] applies layer l to row b iff run[b, l]; with `run_mlp`
+also given, `run` masks the attention sub-layers and `run_mlp` the MLP
+sub-layers separately. A skipped (sub-)layer is the identity on the residual
+stream, and each masked (sub-)layer runs under its own `lax.cond` whose
+predicate is "some row runs it", so a (sub-)layer no row runs costs nothing
+and a new mask never recompiles (SWIFT's self-draft, `drafters.swift`,
+skips layers this way). Without a mask the layer loop is the plain one, with
+no conditionals.
+
 Letters: B batch, T new tokens, S cache slots, D model dim, N query heads,
 K kv heads, G = N / K query heads per kv head, H head dim, F MLP dim, V vocab,
 L layers.
@@ -25,10 +35,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from specjax.models import linear
 from specjax.models.cache import KVBlock, KVCache, commit
-from specjax.models.config import ModelConfig
-from specjax.models.params import Params
+from specjax.models.config import ModelConfig, Params
+from specjax.models.linear import dense
 
 
 class ForwardOutput(NamedTuple):
@@ -95,16 +104,12 @@ def _attention(cfg: ModelConfig, q, k_new, v_new, k_cache, v_cache, mask):
     return out.reshape(B, T, N * H)
 
 
-def dense(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x [..., Din] @ w, for w either [Din, Dout] or panelled [Dout/P, Din, P]
-    (`models.linear.prepare_weight`, see `models.params.panelize`)."""
-    return linear.linear(x, w) if w.ndim == 3 else x @ w
-
-
-def _attention_block(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
+def attention_block(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
     """Attention sub-layer with its residual: x + wo(attention(norm(x))).
 
-    x: [B, T, D]; returns (x [B, T, D], k [B, T, K, H], v [B, T, K, H])."""
+    x: [B, T, D]; lp: one layer's params; k/v_cache: that layer's cache
+    [B, S, K, H]; positions [B, T]; mask [B, T, S + T] (as in `forward`).
+    Returns (x [B, T, D], k [B, T, K, H], v [B, T, K, H])."""
     B, T, _ = x.shape
     N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     h = rms_norm(x, lp["attn_norm"], cfg.norm_eps)
@@ -118,16 +123,54 @@ def _attention_block(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask)
     return x, k, v
 
 
-def _mlp_block(cfg: ModelConfig, x, lp):
-    """SwiGLU MLP sub-layer with its residual: x + mlp(norm(x)). x: [B, T, D]."""
+def mlp_block(cfg: ModelConfig, x, lp):
+    """SwiGLU MLP sub-layer with its residual: x + mlp(norm(x)). x: [B, T, D];
+    lp: one layer's params."""
     h = rms_norm(x, lp["mlp_norm"], cfg.norm_eps)
     return x + dense(jax.nn.silu(dense(h, lp["w_gate"])) * dense(h, lp["w_up"]), lp["w_down"])
 
 
 def _layer(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
     """One transformer block. x: [B, T, D]; lp: this layer's params."""
-    x, k, v = _attention_block(cfg, x, lp, k_cache, v_cache, positions, mask)
-    return _mlp_block(cfg, x, lp), k, v
+    x, k, v = attention_block(cfg, x, lp, k_cache, v_cache, positions, mask)
+    return mlp_block(cfg, x, lp), k, v
+
+
+def _masked_layer(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask, run, run_mlp):
+    """`_layer` for the rows that run it (see `transformer`'s run mask).
+
+    run: bool[B], the rows that run the layer (or, with run_mlp bool[B]
+    given, its attention sub-layer). Each (sub-)layer is one `lax.cond`:
+    computed iff some row runs it, then kept by a `where` for those rows
+    only. A skipped attention yields zero keys/values (in the cache dtype).
+    """
+    kv_shape = (x.shape[0], x.shape[1], cfg.num_kv_heads, cfg.head_dim)
+
+    def cond_block(rows, block, x):
+        """x -> (x', k, v): `block` for the rows in `rows` [B], identity (and
+        zero keys/values) for the others; not computed when no row runs it."""
+
+        def apply(x):
+            y, k, v = block(x)
+            y = jnp.where(rows[:, None, None], y, x)
+            return y, k.astype(k_cache.dtype), v.astype(v_cache.dtype)
+
+        def skip(x):
+            zeros = jnp.zeros(kv_shape, k_cache.dtype)
+            return x, zeros, zeros
+
+        return jax.lax.cond(jnp.any(rows), apply, skip, x)
+
+    if run_mlp is None:
+        return cond_block(
+            run, lambda x: _layer(cfg, x, lp, k_cache, v_cache, positions, mask), x)
+    x, k, v = cond_block(
+        run, lambda x: attention_block(cfg, x, lp, k_cache, v_cache, positions, mask), x)
+    x = jax.lax.cond(
+        jnp.any(run_mlp),
+        lambda x: jnp.where(run_mlp[:, None, None], mlp_block(cfg, x, lp), x),
+        lambda x: x, x)
+    return x, k, v
 
 
 def transformer(
@@ -138,16 +181,34 @@ def transformer(
     cache: KVCache,
     mask: jax.Array,
     hidden_layers: tuple[int, ...] = (),
+    run: jax.Array | None = None,
+    run_mlp: jax.Array | None = None,
 ):
     """Runs the layers; returns (hidden after final norm [B,T,D], KVBlock, layer_hidden).
 
     `layer_hidden[j]` is the residual stream after layer `hidden_layers[j]`
-    (0-based; -1 means the embeddings).
+    (0-based; -1 means the embeddings). `run` / `run_mlp`: the optional run
+    mask, see `forward`.
     """
+    B, L = tokens.shape[0], len(params["layers"])
+    if run is None:
+        if run_mlp is not None:
+            raise ValueError("run_mlp (the MLP sub-layers to run) needs run (the attention "
+                             "sub-layers to run)")
+    else:
+        if cache.k.shape[0] != L:
+            raise ValueError(
+                f"a run mask needs a cache of all {L} layers, got {cache.k.shape[0]}")
+        run = jnp.broadcast_to(run, (B, L))
+        run_mlp = None if run_mlp is None else jnp.broadcast_to(run_mlp, (B, L))
     x = params["embed"][tokens]  # [B, T, D]
     outs, ks, vs = [x], [], []
     for l, lp in enumerate(params["layers"]):  # unrolled: see models.params on why not scan
-        x, k, v = _layer(cfg, x, lp, cache.k[l], cache.v[l], positions, mask)
+        if run is None:
+            x, k, v = _layer(cfg, x, lp, cache.k[l], cache.v[l], positions, mask)
+        else:
+            x, k, v = _masked_layer(cfg, x, lp, cache.k[l], cache.v[l], positions, mask,
+                                    run[:, l], None if run_mlp is None else run_mlp[:, l])
         outs.append(x)
         ks.append(k)
         vs.append(v)
@@ -161,7 +222,7 @@ def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Ar
 
     With both a panelled and a plain head (`models.params.convert`), the row
     count M = prod(h.shape[:-1]) (static) picks one: panels iff M is in
-    `cfg.panel_head_rows`, the range `models.layout_probe` measured faster."""
+    `cfg.panel_head_rows`, the range `models.layout` measured faster."""
     has_plain = cfg.tie_embeddings or "lm_head" in params
     if "lm_head_panels" in params:
         lo, hi = cfg.panel_head_rows
@@ -179,6 +240,8 @@ def forward(
     cache: KVCache,
     mask: jax.Array,
     hidden_layers: tuple[int, ...] = (),
+    run: jax.Array | None = None,
+    run_mlp: jax.Array | None = None,
 ) -> ForwardOutput:
     """Runs T new tokens against the cache.
 
@@ -192,12 +255,29 @@ def forward(
       mask: bool[B, T, S + T] attention mask over [cache slots ++ new tokens]
         (see `attention_mask`). Every row must allow at least one key.
       hidden_layers: static tuple of layer indices whose outputs to return.
+      run: optional run mask bool[B, L] (or bool[L], shared by the rows);
+        None (the default) runs every layer with no conditionals. Layer l
+        is applied to row b iff run[b, l]; a skipped layer is the identity
+        on the residual stream. Each layer is one `lax.cond` (computed iff
+        some row runs it), so a new mask never recompiles. Needs a cache of
+        all L layers.
+      run_mlp: optional bool[B, L] (or bool[L]), only with `run`: masks the
+        sub-layers separately, `run` the attention blocks (with their
+        residual) and `run_mlp` the MLP blocks, each under its own
+        `lax.cond`. A skipped attention neither reads nor writes context; a
+        skipped MLP adds nothing.
 
     Returns:
       ForwardOutput(logits [B,T,V], kv [L,B,T,K,H], hidden [B,T,D],
-      layer_hidden). Commit `kv` with `cache.commit` to keep tokens.
+      layer_hidden). Commit `kv` with `cache.commit` to keep tokens. Under a
+      run mask, the keys/values of a layer whose attention row b skips are
+      zeros in row b (or, when another row runs it, that attention's
+      keys/values of row b's unchanged input; either way in the cache's
+      dtype): do not attend to them while that attention stays skipped for
+      the row.
     """
-    h, kv, layer_hidden = transformer(params, cfg, tokens, positions, cache, mask, hidden_layers)
+    h, kv, layer_hidden = transformer(params, cfg, tokens, positions, cache, mask, hidden_layers,
+                                      run, run_mlp)
     return ForwardOutput(logits_from_hidden(params, cfg, h), kv, h, layer_hidden)
 
 

@@ -311,7 +311,7 @@ def load_gguf_hf(
 
 def load_gguf(
     path: str | os.PathLike, dtype: str = "float32", progress: bool = False
-) -> tuple[config_lib.ModelConfig, params_lib.Params]:
+) -> tuple[config_lib.ModelConfig, config_lib.Params]:
     """Loads a GGUF file into `(ModelConfig, params)` (numpy arrays), no caching.
 
     `models.loading.load` is the cached entry point; this is the direct path.

@@ -107,7 +107,7 @@ def load_hf_tensors(path: str | os.PathLike) -> LazyTensors:
 
 def load_hf_dir(
     path: str | os.PathLike, dtype: str = "float32"
-) -> tuple[config_lib.ModelConfig, params_lib.Params]:
+) -> tuple[config_lib.ModelConfig, config_lib.Params]:
     """Loads an HF Llama/Qwen2 checkpoint directory.
 
     Args:
@@ -198,7 +198,7 @@ def write_hf_config(hf_config: Mapping[str, Any], path: str | os.PathLike) -> Pa
 
 def save_hf_dir(
     cfg: config_lib.ModelConfig,
-    params: params_lib.Params,
+    params: config_lib.Params,
     path: str | os.PathLike,
     max_shard_bytes: int | None = None,
     tokenizer: Any = None,

@@ -10,7 +10,7 @@ LAYOUT CHANGE: `linear` does not take the [Din, Dout] matrix that
 
 `prepare_weight_out_in(w_oi)` does the same from HF's [Dout, Din] layout (e.g.
 a tied embedding [V, D] used as the LM head), and `unprepare_weight` inverts
-it. The panel layout holds the same numbers as `w` (same memory, no padding);
+it; `dense(x, w)` multiplies a weight in either layout. The panel layout holds the same numbers as `w` (same memory, no padding);
 for a tied LM head it is a second copy of the embedding (the token lookup
 still needs [V, D]): +113 MB for SmolLM2-135M, +933 MB for Qwen2.5-1.5B.
 
@@ -204,3 +204,10 @@ def linear(x: jax.Array, wp: jax.Array, w_io: jax.Array | None = None,
     else:
         y = _generic(x2, wp)
     return y.reshape(*lead, j * p)
+
+
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., Din] @ w, for w either [Din, Dout] or panelled [Dout/P, Din, P]
+    (`prepare_weight`, see `models.params.panelize`): how the decoder and the
+    layout probe (`models.layout`) multiply every weight matrix."""
+    return linear(x, w) if w.ndim == 3 else x @ w

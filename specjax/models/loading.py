@@ -32,7 +32,6 @@ from pathlib import Path
 from specjax.models import assets as assets_lib
 from specjax.models import config as config_lib
 from specjax.models import gguf_io, hf_io
-from specjax.models import params as params_lib
 from specjax.models import tokenizer as tokenizer_lib
 
 CACHE_VERSION = 1  # bump when the converted format changes; old caches are ignored
@@ -195,14 +194,14 @@ def load(
     dtype: str = "float32",
     root: Path | None = None,
     progress: bool = True,
-) -> tuple[config_lib.ModelConfig, params_lib.Params]:
+) -> tuple[config_lib.ModelConfig, config_lib.Params]:
     """Loads a model: named asset, GGUF file or HF checkpoint directory.
 
     The first load of a GGUF dequantises it into the cache (see module
     docstring); later loads read the cached safetensors.
 
     Args:
-      name_or_path: asset name (`python -m specjax.models.assets list`), path
+      name_or_path: asset name (`python -m experiments.assets list`), path
         of a .gguf file, or an HF directory (config.json + *.safetensors).
       dtype: parameter dtype ("float32" or "bfloat16").
       root: cache root, default `$SPECJAX_CACHE` or `~/.cache/specjax`.

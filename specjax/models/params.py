@@ -27,12 +27,13 @@ the matmuls directly. The forward unrolls the layers instead.
 
 On CPU the matrices can also be stored in the panel layout of
 `models.linear` (`panelize`: each [Din, Dout] matrix as [Dout/P, Din, P]
-panels, the LM head as `lm_head_panels`), which `decoder.dense` multiplies
+panels, the LM head as `lm_head_panels`), which `linear.dense` multiplies
 without XLA:CPU's per-call weight repacking. Which layout is faster depends
 on the CPU, so `with_layout(cfg, params, "auto")` / `place` measure it once per
-machine (`models.layout_probe`) and may mix them: plain layer matrices with the
-LM head in both layouts, picked per forward by its row count
-(`ModelConfig.panel_head_rows`). Loaders always return the plain layout.
+machine (`models.layout`, which owns the choice: `LayoutPlan`, `resolve`) and
+may mix them: plain layer matrices with the LM head in both layouts, picked per
+forward by its row count (`ModelConfig.panel_head_rows`). Loaders always return
+the plain layout.
 
 Every loader (HF safetensors directories, GGUF files) produces a mapping from
 HuggingFace tensor names (`model.layers.3.self_attn.q_proj.weight`, ...) to
@@ -49,11 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.models import layout_probe, linear
-from specjax.models.config import ModelConfig
-from specjax.models.layout_probe import LayoutPlan
-
-Params = dict
+from specjax.models import linear
+from specjax.models.config import ModelConfig, Params  # Params: re-exported for older imports
+from specjax.models.layout import ALL_ROWS, PANELS, PLAIN, LayoutPlan, resolve
 
 _LAYER_TENSORS = {
     # our name: (HF name inside layer i, transpose?)
@@ -130,9 +129,9 @@ def panelize(cfg: ModelConfig, params: Params) -> Params:
     memory) and the LM head becomes `lm_head_panels` [V/P, D, P]; with tied
     embeddings that is a second copy of the embedding (+V*D floats: 113 MB for
     SmolLM2-135M, 933 MB for Qwen2.5-1.5B), since the token lookup still reads
-    `embed` [V, D]. `decoder.dense` multiplies either layout, so the decoder,
+    `embed` [V, D]. `linear.dense` multiplies either layout, so the decoder,
     drafters and caches are unchanged; only the speed differs (see
-    `models.linear`, `models.layout_probe` and the README's performance
+    `models.linear`, `models.layout` and the README's performance
     section). Results equal the plain layout up to float32 summation order.
     Works on numpy (loaders) and jax arrays; `unpanelize` inverts it.
     """
@@ -142,28 +141,6 @@ def panelize(cfg: ModelConfig, params: Params) -> Params:
 def unpanelize(cfg: ModelConfig, params: Params) -> Params:
     """Inverse of `panelize`: the plain [Din, Dout] layout of this module."""
     return convert(cfg, params, PLAIN)[1]
-
-
-LAYOUTS = ("auto", "plain", "panels")
-ALL_ROWS = (1, 2**31 - 1)  # ModelConfig.panel_head_rows: the panelled head at every M
-PLAIN = LayoutPlan(body="plain", head=None)
-PANELS = LayoutPlan(body="panels", head=ALL_ROWS)
-
-
-def resolve_layout(cfg: ModelConfig, layout: str | LayoutPlan) -> LayoutPlan:
-    """The `LayoutPlan` of a `LAYOUTS` name: "plain", "panels" (panelled layer
-    matrices and LM head), or "auto": on the CPU backend, what
-    `layout_probe.probe` measures faster on this machine for these shapes
-    (cached per machine); plain on accelerators."""
-    if isinstance(layout, LayoutPlan):
-        return layout
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown weight layout {layout!r}; valid: {LAYOUTS}")
-    if layout == "auto":
-        if jax.default_backend() != "cpu" or jnp.dtype(cfg.dtype) != jnp.float32:
-            return PLAIN
-        return layout_probe.probe(cfg)
-    return PANELS if layout == "panels" else PLAIN
 
 
 def _body_weight(name: str, w, body: str):
@@ -218,9 +195,10 @@ def convert(cfg: ModelConfig, params: Params, plan: LayoutPlan, put=None,
 def with_layout(cfg: ModelConfig, params: Params,
                 layout: str | LayoutPlan = "auto") -> tuple[ModelConfig, Params]:
     """`(cfg, params)` in the weight layout `layout` ("plain", "panels",
-    "auto" or a `LayoutPlan`, see `resolve_layout`); the returned cfg carries
-    which row counts use the panelled LM head. Works on numpy and jax arrays."""
-    return convert(cfg, params, resolve_layout(cfg, layout))
+    "auto" or a `LayoutPlan`, see `models.layout.resolve`); the returned cfg
+    carries which row counts use the panelled LM head. Works on numpy and jax
+    arrays."""
+    return convert(cfg, params, resolve(cfg, layout))
 
 
 def place(cfg: ModelConfig, params: Params,
@@ -233,7 +211,7 @@ def place(cfg: ModelConfig, params: Params,
     this converts and places leaf by leaf and drops each host array from
     `params` (which is emptied), so the peak is one model plus one matrix.
     """
-    return convert(cfg, params, resolve_layout(cfg, layout), put=jax.device_put, consume=True)
+    return convert(cfg, params, resolve(cfg, layout), put=jax.device_put, consume=True)
 
 
 def abstract_params(cfg: ModelConfig) -> Params:

@@ -6,6 +6,7 @@
 `parse("confidence:threshold=0.5")` builds one from a config string.
 """
 
+from specjax import settings
 from specjax.policies.base import NO_LIMIT, Policy, parent_confidence, token_probs
 from specjax.policies.goodput import Goodput, measure_step_costs, step_costs
 from specjax.policies.length import Confidence, FixedLength, Schedule, SpecDecPP
@@ -22,29 +23,26 @@ POLICIES = {
 def parse(spec: str) -> Policy | None:
     """A policy from `name` or `name:key=value,key=value` ("none" -> None).
 
+    Values are converted by the field's annotation (`specjax.settings`); tuples
+    of floats are separated by ";" (`goodput:step_costs=1;1.2;1.5`).
+
     Raises:
       ValueError: unknown policy name or argument, listing the valid ones.
     """
-    import dataclasses
-
     spec = spec.strip()
     if spec in ("", "none"):
         return None
     name, _, rest = spec.partition(":")
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; valid: {sorted(POLICIES)} or 'none'")
-    cls = POLICIES[name]
-    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    fields = settings.fields(POLICIES[name])
     kwargs = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq or key not in fields:
             raise ValueError(f"bad argument {item!r} of policy {name!r}; valid keys: {sorted(fields)}")
-        if key == "step_costs":
-            kwargs[key] = tuple(float(x) for x in value.split(";"))
-        else:
-            kwargs[key] = float(value) if "." in value or "e" in value else int(value)
-    return cls(**kwargs)
+        kwargs[key] = settings.convert(value, fields[key].type, f"policy {name!r}'s {key}")
+    return POLICIES[name](**kwargs)
 
 
 __all__ = [

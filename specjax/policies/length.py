@@ -109,7 +109,7 @@ class Confidence(Policy):
     with top-1 draft probability >= `threshold`; the first `min_drafts` depths
     are always kept."""
 
-    threshold: float
+    threshold: float = 0.5
     min_drafts: int = 1
 
     def __post_init__(self):
@@ -131,7 +131,7 @@ class SpecDecPP(Policy):
     the risk first exceeds the threshold is still verified (the paper stops
     *after* it), and the first `min_drafts` depths are always kept."""
 
-    threshold: float
+    threshold: float = 0.3
     min_drafts: int = 1
 
     def __post_init__(self):

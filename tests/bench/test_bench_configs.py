@@ -15,8 +15,7 @@ def test_train_free_config(variant, n):
     for m in cfg.methods.split(","):
         registry.parse(m)
     items = experiment.load_prompts(cfg.prompts)
-    if prompts.DEFAULT_SPEC_BENCH.exists():
-        assert len(items) == n
+    assert len(items) == n
     assert (cfg.draft_model != "") == ("qwen" in variant)
     if "he4" in variant:
         assert cfg.max_new_tokens == 64 and all(p.category == "humaneval" for p in items)
@@ -26,8 +25,6 @@ def test_train_free_config(variant, n):
 
 def test_heldout_corpus_excludes_selected_prompts():
     heldout_documents = prompts.heldout_documents
-    if not prompts.DEFAULT_SPEC_BENCH.exists():
-        pytest.skip("Spec-Bench question file not present")
     chosen = prompts.load_spec_bench(categories=["qa", "mt_bench"], per_category=2)
     chosen += prompts.load_humaneval([0, 5])
     docs = heldout_documents({p.question_id for p in chosen})

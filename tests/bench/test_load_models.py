@@ -16,14 +16,3 @@ def test_load_models_self_draft_shares_the_target_layers():
     assert target[1] is params and draft[0].num_layers == 2
     assert draft[1]["layers"][1] is params["layers"][1] and len(draft[1]["layers"]) == 2
     assert load_models("unused", "", "float32", "plain", target=(cfg, params))[1] is None
-
-
-def test_map_count_warning(tmp_path):
-    from specjax.bench.experiment import check_map_count
-
-    f = tmp_path / "max_map_count"
-    f.write_text("65530\n")
-    assert "vm.max_map_count is 65530" in check_map_count(str(f))
-    f.write_text("1048576\n")
-    assert check_map_count(str(f)) is None
-    assert check_map_count(str(tmp_path / "missing")) is None

@@ -120,10 +120,17 @@ def test_quickstart_config_locks_unknown_keys():
 def test_humaneval_and_spec_bench_load():
     he = prompts.load_humaneval([0, 99])
     assert [p.question_id for p in he] == ["HumanEval/0", "HumanEval/99"] and he[0].raw
-    if prompts.DEFAULT_SPEC_BENCH.exists():
-        sb = prompts.load_spec_bench(categories=["writing", "rag"], per_category=2, max_turns=2)
-        assert [p.category for p in sb] == ["writing", "writing", "rag", "rag"]
-        assert len(sb[0].turns) == 2
+    sb = prompts.load_spec_bench(categories=["writing", "rag"], per_category=2, max_turns=2)
+    assert [p.category for p in sb] == ["writing", "writing", "rag", "rag"]
+    assert len(sb[0].turns) == 2
+    assert len(prompts.load_spec_bench()) == 480  # the packaged copy, hash-checked
+
+
+def test_spec_bench_packaged_copy_is_hash_checked(monkeypatch):
+    """A corrupt packaged question file is an error naming the problem, not wrong prompts."""
+    monkeypatch.setattr(prompts, "SPEC_BENCH_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="corrupt or was edited"):
+        prompts.load_spec_bench()
 
 
 def test_spec_bench_mt_bench_task(tmp_path):

@@ -3,13 +3,11 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from specjax.bench import theory_experiment as te
-from specjax.models import cache as kvcache
-from specjax.models import decoder
+from specjax.bench import verifier_rates, verifier_report, verifier_stats
 from specjax.models.config import ModelConfig
 from specjax.models.params import init_params
 
@@ -55,7 +53,7 @@ def test_shapes_and_counts(exact_result):
         s = r["summary"][t]["all"]
         assert (s["rows"], s["prompts"]) == (18, 3)
         assert r["summary"][t]["spec_bench"]["rows"] == 12
-        for k in te.VERIFIERS + te.OPTIMA:
+        for k in verifier_rates.VERIFIERS + verifier_rates.OPTIMA:
             assert len(s["mean"][k]) == len(s["se"][k]) == len(NS)
             assert all(np.isfinite(s["se"][k]))
         assert isinstance(s["mean"]["single"], float)
@@ -76,7 +74,7 @@ def test_table_is_consistent(exact_result):
         # alpha*_wor >= alpha*_iid (Hu et al., arXiv:2502.18779)
         assert np.all(m["optimal_iid"] <= m["optimal_without_replacement"] + 1e-12)
         # more drafts never hurt the optima; n = 1 is the single-draft rate
-        for k in te.OPTIMA:
+        for k in verifier_rates.OPTIMA:
             assert np.all(np.diff(m[k]) >= -1e-12)
             assert m[k][0] >= m["single"] - 1e-12
         assert np.all(m["rrs_with_replacement"] >= m["single"] - 1e-12)
@@ -90,25 +88,6 @@ def test_table_is_consistent(exact_result):
         # the mean gap is the gap of the mean rates
         want = 100 * (m["optimal_iid"] - m["kseq"]) / m["optimal_iid"]
         np.testing.assert_allclose(s["gap_percent"]["kseq"], want, rtol=1e-12)
-
-
-def test_position_rows_match_prefill(models):
-    """Row j of the one-forward logits == prefill of the prefix that ends at position start + j."""
-    target, _ = models
-    cfg, params = target
-    text = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
-    start, count = 4, 5
-    rows = te.position_logits(target, text, start, count, bucket=16)
-    assert rows.shape == (count, V)
-    prefill = jax.jit(decoder.prefill, static_argnums=1)
-    for j in range(count):
-        prefix = np.zeros((1, 16), np.int32)  # right-padded: one compilation
-        prefix[0, :start + 1 + j] = text[:start + 1 + j]
-        cache = kvcache.init_cache(cfg, 1, 16)
-        logits, _ = prefill(params, cfg, jnp.asarray(prefix), jnp.array([start + 1 + j]), cache)
-        np.testing.assert_allclose(rows[j], np.asarray(logits[0]), rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="outside"):
-        te.position_logits(target, text, 8, 5)
 
 
 def test_truncation_is_recorded_and_validated(models):
@@ -129,9 +108,10 @@ def test_truncation_is_recorded_and_validated(models):
 def test_truncate_support():
     p = np.array([0.5, 0.3, 0.1999, 1e-4, 0.0])
     q = np.array([0.25, 0.25, 0.25, 0.25, 0.0])
-    pt, qt, dp, dq = te.truncate_support(p, q, min_prob=1e-3)
+    pt, qt, dp, dq = verifier_rates.truncate_support(p, q, min_prob=1e-3)
     assert pt.shape == (4,) and dp == 0.0 and dq == 0.0  # q keeps token 3; token 4 has no mass
-    pt, qt, dp, dq = te.truncate_support(p, np.array([0.5, 0.3, 0.2, 0.0, 0.0]), 1e-3, keep_top=0)
+    pt, qt, dp, dq = verifier_rates.truncate_support(p, np.array([0.5, 0.3, 0.2, 0.0, 0.0]), 1e-3,
+                                                     keep_top=0)
     assert pt.shape == (3,) and np.isclose(dp, 1e-4) and dq == 0.0
     np.testing.assert_allclose([pt.sum(), qt.sum()], 1.0)
 
@@ -139,16 +119,16 @@ def test_truncate_support():
 def test_cluster_standard_error():
     x = np.array([1.0, 2.0, 3.0, 10.0, 11.0])
     g = np.array([0, 0, 0, 1, 1])
-    mean, se = te.cluster_mean_se(x, g)
+    mean, se = verifier_stats.cluster_mean_se(x, g)
     m = x.mean()
     want = np.sqrt(2 / 1 * ((x[:3] - m).sum() ** 2 + (x[3:] - m).sum() ** 2)) / 5
     assert np.isclose(mean, m) and np.isclose(se, want)
-    assert np.isnan(te.cluster_mean_se(x, np.zeros(5))[1])
+    assert np.isnan(verifier_stats.cluster_mean_se(x, np.zeros(5))[1])
 
 
 def test_outputs(exact_result, tmp_path):
     pytest.importorskip("matplotlib")
-    paths = te.write_outputs(exact_result, tmp_path, title="tiny")
+    paths = verifier_report.write_outputs(exact_result, tmp_path, title="tiny")
     table = paths["table"].read_text()
     assert "### all" in table and "### humaneval" in table
     assert "optimum, without replacement" in table and "gap" in table
@@ -202,6 +182,7 @@ def test_logits_cache_skips_the_models(models, tmp_path):
         raise AssertionError("the models must not be loaded when the cache matches")
 
     again = te.run(fail, fail, ITEMS, settings, log=None, logits_cache=cache, cache_key="tiny")
-    assert te._jsonable(again["summary"]) == te._jsonable(first["summary"])  # NaN -> None
+    assert (verifier_report.jsonable(again["summary"])
+            == verifier_report.jsonable(first["summary"]))  # NaN -> None
     with pytest.raises(AssertionError, match="must not"):  # another key: the cache is not used
         te.run(fail, fail, ITEMS, settings, log=None, logits_cache=cache, cache_key="other")

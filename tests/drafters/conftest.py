@@ -1,11 +1,12 @@
 """Shared helpers of the drafter tests: a tiny random transformer and a Monte
 Carlo law check of the whole speculative loop on a toy Markov "LM".
 
-The law check follows tests/test_speculative_law.py: many rows of one batch
-generate M tokens from the same prompt with a model-free drafter and a
-sampling verifier; chi-square tests compare the empirical law of a window of
-W >= tree depth + 1 tokens with the exact Markov law, both at the start
-(cold drafter state) and at the end (state updated many times).
+The law check (`markov_law`, the shared harness of tests/law.py with a
+repetitive prompt): many rows of one batch generate M tokens from the same
+prompt with a drafter and a sampling verifier; chi-square tests compare the
+empirical law of a window of W >= tree depth + 1 tokens with the exact Markov
+law, both at the start (cold drafter state) and at the end (state updated many
+times).
 """
 
 import dataclasses
@@ -19,10 +20,8 @@ import pytest
 
 from specjax import decode
 from specjax.models.config import ModelConfig
-from specjax.models.lm import MarkovLM
 from specjax.models.params import init_params
-from specjax.sampling import Sampling
-from tests.markov_law import chi2_pooled
+from tests.law import REPEATING
 
 TINY = ModelConfig(arch="llama", vocab_size=50, dim=32, num_layers=2, num_heads=4,
                    num_kv_heads=2, head_dim=8, ffn_dim=64)
@@ -60,54 +59,6 @@ class UniformQ:
         prop = self.inner.propose(*a)
         q = prop.draft_probs
         return prop.replace(draft_probs=jnp.full(q.shape, 1.0 / q.shape[-1], q.dtype))
-
-
-class MarkovLaw:
-    """Monte Carlo law check on a 3-token Markov target."""
-
-    V = 3
-    ROWS = 20000
-    # Transition matrix with no tiny entries (min 0.1), so that windows of 5
-    # tokens have no vanishing cells; cells expected < 5 times are pooled.
-    P = np.array([[0.2, 0.5, 0.3], [0.15, 0.25, 0.6], [0.7, 0.2, 0.1]])
-    PROMPT = (1, 2, 0, 1, 2, 0)
-    LM = MarkovLM(3)
-    SAMPLING = Sampling(temperature=1.0)
-
-    @classmethod
-    def run(cls, drafter, verifier, num_new, key=0, draft_params=None):
-        """Generated tokens int[ROWS, num_new] and the SpecGeneration."""
-        method = decode.Method(drafter=drafter, verifier=verifier)
-        out = decode.speculative_generate(
-            jnp.log(jnp.asarray(cls.P, jnp.float32)), cls.LM, [cls.PROMPT] * cls.ROWS,
-            method=method, draft_params=draft_params, max_new_tokens=num_new,
-            sampling=cls.SAMPLING, key=jax.random.key(key))
-        toks = np.array(out.tokens)
-        assert toks.shape == (cls.ROWS, num_new)
-        return toks, out
-
-    @classmethod
-    def window_law(cls, offset, length):
-        """Exact law of generated tokens [offset, offset + length), flattened."""
-        start = np.zeros(cls.V)
-        start[cls.PROMPT[-1]] = 1.0
-        marg = start @ np.linalg.matrix_power(cls.P, offset + 1)  # law of token `offset`
-        seqs = np.array(np.meshgrid(*[np.arange(cls.V)] * length, indexing="ij"))
-        seqs = seqs.reshape(length, -1).T
-        probs = marg[seqs[:, 0]]
-        for t in range(1, length):
-            probs = probs * cls.P[seqs[:, t - 1], seqs[:, t]]
-        return probs
-
-    @classmethod
-    def pvalues(cls, toks, length):
-        """Chi-square p-values of the first and the last window of `length` tokens."""
-        out = []
-        for offset in (0, toks.shape[1] - length):
-            idx = np.ravel_multi_index(toks[:, offset: offset + length].T, (cls.V,) * length)
-            counts = np.bincount(idx, minlength=cls.V ** length)
-            out.append(chi2_pooled(counts, cls.window_law(offset, length)))
-        return out
 
 
 def check_greedy_identity(tiny, make_method, rows=(0, 2), min_tau=1.2, draft_params=None):
@@ -163,7 +114,7 @@ def final_nodes(tree, rng, step):
 
 @pytest.fixture(scope="session")
 def markov_law():
-    return MarkovLaw
+    return REPEATING
 
 
 @pytest.fixture(scope="session")
@@ -172,15 +123,12 @@ def uniform_q():
 
 
 @pytest.fixture(scope="session")
-def smol():
-    """SmolLM2-135M (cfg, params, tokenizer), two prompts (a code prompt first)
-    and its greedy reference of 32 tokens."""
-    from specjax.models import loading
+def smol(smol_model):
+    """SmolLM2-135M (cfg, params; the suite's `smol_model`), two prompts (a code prompt
+    first), the stop ids and its greedy reference of 32 tokens."""
     from specjax.models.tokenizer import stop_token_ids
 
-    cfg, params = loading.load("smollm2-135m", progress=False)
-    tok = loading.load_tokenizer("smollm2-135m", progress=False)
-    params = jax.device_put(params)
+    cfg, params, tok = smol_model
     code = ("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n"
             "    def __add__(self, other):\n        return Point(self.x + other.x, self.y + other.y)"
             "\n\n    def __sub__(self, other):\n")

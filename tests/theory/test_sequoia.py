@@ -2,14 +2,16 @@
 
 - The dynamic programme against brute force over every ordered tree of up to
   7 drafts, for random (also non-monotone) acceptance vectors and depth bounds.
-- `measure_acceptance` against exact answers on Markov "LMs": greedy = the
-  frequency that the target argmax is the draft's rank-k token; sampling =
-  alpha(k + 1) - alpha(k) from `theory.rrs_acceptance` (without replacement).
+- `measure_acceptance` (`specjax.bench.sequoia_acceptance`) against exact
+  answers on Markov "LMs": greedy = the frequency that the target argmax is
+  the draft's rank-k token; sampling = alpha(k + 1) - alpha(k) from
+  `theory.rrs_acceptance` (without replacement).
 - End to end on a circulant Markov pair (every state looks the same, so
   Sequoia's positional model is exact): tokens per step of `DraftModel` +
   `tree_rrs(replacement=False)` on the optimal template = its predicted value.
-- Teacher-forced logits of a tiny transformer = step-by-step prefill logits;
-  greedy identity of `DraftModel` on a Sequoia template.
+- A self-draft accepts rank 0 on a tiny transformer; greedy identity of
+  `DraftModel` on a Sequoia template (the teacher-forced logits themselves:
+  tests/bench/test_teacher_forced.py).
 - JSON round trip and clear errors for malformed files.
 """
 
@@ -21,14 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from specjax import decode, sequoia, theory, trees, verify
+from specjax import decode, theory, trees, verify
+from specjax.bench.sequoia_acceptance import generate_texts, measure_acceptance
 from specjax.drafters.draft_model import DraftModel
-from specjax.models import decoder
-from specjax.models import cache as kvcache
 from specjax.models.config import ModelConfig
 from specjax.models.lm import DecoderLM, MarkovLM
 from specjax.models.params import first_layers, init_params
 from specjax.sampling import GREEDY, Sampling
+from specjax.trees import sequoia
 
 # ----------------------------------------------------------------------------
 # The dynamic programme vs brute force.
@@ -149,8 +151,8 @@ def test_greedy_acceptance_is_the_argmax_rank_frequency():
     rng = np.random.default_rng(3)
     texts = [rng.integers(0, v, size=n).tolist() for n in (40, 25, 3)]
     starts = [5, 1, 3]  # the last text has nothing to score
-    est = sequoia.measure_acceptance(MarkovLM(v), jnp.asarray(pl), MarkovLM(v), jnp.asarray(ql),
-                                     texts, starts, sampling=GREEDY, ranks=k)
+    est = measure_acceptance(MarkovLM(v), jnp.asarray(pl), MarkovLM(v), jnp.asarray(ql),
+                             texts, starts, sampling=GREEDY, ranks=k)
     states = [s for t, st in zip(texts, starts) for s in t[st - 1:-1]]
     expected = np.zeros((len(states), k))
     for i, s in enumerate(states):
@@ -176,9 +178,9 @@ def test_sampling_acceptance_matches_exact_rrs_without_replacement(temperature):
     sampling = Sampling(temperature=temperature)
     rng = np.random.default_rng(4)
     text = rng.integers(0, v, size=31).tolist()
-    est = sequoia.measure_acceptance(MarkovLM(v), jnp.asarray(pl), MarkovLM(v), jnp.asarray(ql),
-                                     [text], [1], sampling=sampling, ranks=k, num_draws=draws,
-                                     key=jax.random.key(7))
+    est = measure_acceptance(MarkovLM(v), jnp.asarray(pl), MarkovLM(v), jnp.asarray(ql),
+                             [text], [1], sampling=sampling, ranks=k, num_draws=draws,
+                             key=jax.random.key(7))
     p, q = _softmax(pl / temperature), _softmax(ql / temperature)
     per_pos = np.array([_exact_rrs_per_rank(p[s], q[s], k) for s in text[:-1]])  # [30, K]
     exact = per_pos.mean(axis=0)
@@ -205,8 +207,8 @@ def test_circulant_pair_tree_tokens_match_the_sequoia_prediction():
     lp, lq = (jnp.asarray(np.log(_circulant(r)), jnp.float32) for r in (p_row, q_row))
     exact = _exact_rrs_per_rank(p_row, q_row, k)  # [0.515 0.308 0.017 0.113]: not monotone
     sampling = Sampling(temperature=1.0)
-    est = sequoia.measure_acceptance(MarkovLM(v), lp, MarkovLM(v), lq, [list(range(v)) * 3], [1],
-                                     sampling=sampling, ranks=k, num_draws=2000)
+    est = measure_acceptance(MarkovLM(v), lp, MarkovLM(v), lq, [list(range(v)) * 3], [1],
+                             sampling=sampling, ranks=k, num_draws=2000)
     np.testing.assert_allclose(est.acceptance, exact, atol=5 * 0.5 / np.sqrt(17 * 2000))
 
     value, parents = sequoia.optimal_tree(exact, 8)
@@ -229,26 +231,26 @@ def test_circulant_pair_tree_tokens_match_the_sequoia_prediction():
 def test_generate_texts_and_input_errors():
     v = 7
     pl, ql = _markov_pair(v, 2)
-    texts, starts = sequoia.generate_texts(MarkovLM(v), jnp.asarray(pl), [[1, 2], [3]],
-                                           max_new_tokens=5)
+    texts, starts = generate_texts(MarkovLM(v), jnp.asarray(pl), [[1, 2], [3]],
+                                   max_new_tokens=5)
     ref = decode.autoregressive_generate(jnp.asarray(pl), MarkovLM(v), [[3]], max_new_tokens=5)
     assert texts[1] == [3] + ref.tokens[0] and starts == [2, 1]
     assert texts[0][:2] == [1, 2] and len(texts[0]) == 7
     m, P, Q = MarkovLM(v), jnp.asarray(pl), jnp.asarray(ql)
     with pytest.raises(ValueError, match="vocabulary"):
-        sequoia.measure_acceptance(m, P, MarkovLM(v + 1), jnp.zeros((v + 1, v + 1)), texts, starts)
+        measure_acceptance(m, P, MarkovLM(v + 1), jnp.zeros((v + 1, v + 1)), texts, starts)
     with pytest.raises(ValueError, match="ranks"):
-        sequoia.measure_acceptance(m, P, m, Q, texts, starts, ranks=v + 1)
+        measure_acceptance(m, P, m, Q, texts, starts, ranks=v + 1)
     with pytest.raises(ValueError, match="starts"):
-        sequoia.measure_acceptance(m, P, m, Q, texts, [0, 1], ranks=3)
+        measure_acceptance(m, P, m, Q, texts, [0, 1], ranks=3)
     with pytest.raises(ValueError, match="no position"):
-        sequoia.measure_acceptance(m, P, m, Q, [[1, 2]], [2], ranks=3)
+        measure_acceptance(m, P, m, Q, [[1, 2]], [2], ranks=3)
     with pytest.raises(ValueError, match="num_draws"):
-        sequoia.measure_acceptance(m, P, m, Q, texts, starts, ranks=3, num_draws=0)
+        measure_acceptance(m, P, m, Q, texts, starts, ranks=3, num_draws=0)
 
 
 # ----------------------------------------------------------------------------
-# A tiny transformer: teacher forcing and the template in DraftModel.
+# A tiny transformer: acceptance measurement and the template in DraftModel.
 # ----------------------------------------------------------------------------
 
 TINY = ModelConfig(arch="llama", vocab_size=50, dim=32, num_layers=2, num_heads=4,
@@ -260,24 +262,12 @@ def tiny():
     return TINY, init_params(TINY, jax.random.key(0), scale=0.3)
 
 
-def test_text_logits_equal_prefill_logits(tiny):
-    cfg, params = tiny
-    text = [3, 7, 1, 9, 4, 3, 7, 1, 9, 4, 11]
-    rows = np.asarray(sequoia.text_logits(cfg, params, text, 4, 6, bucket=8))
-    # reference: prefill of each prefix text[:5 + j] (right-padded: one compilation)
-    ref, _ = decoder.prefill(params, cfg, jnp.asarray([text] * 6, jnp.int32),
-                             jnp.arange(5, 11), kvcache.init_cache(cfg, 6, 16))
-    np.testing.assert_allclose(rows, np.asarray(ref), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="outside"):
-        sequoia.text_logits(cfg, params, text, 6, 6)
-
-
 def test_self_draft_accepts_rank_zero(tiny):
     cfg, params = tiny
-    texts, starts = sequoia.generate_texts(cfg, params, [[3, 7, 1], [11]], max_new_tokens=12)
+    texts, starts = generate_texts(cfg, params, [[3, 7, 1], [11]], max_new_tokens=12)
     for sampling in (GREEDY, Sampling(temperature=1.0)):
-        est = sequoia.measure_acceptance(cfg, params, cfg, params, texts, starts,
-                                         sampling=sampling, ranks=4)
+        est = measure_acceptance(cfg, params, cfg, params, texts, starts,
+                                 sampling=sampling, ranks=4)
         np.testing.assert_allclose(est.acceptance, [1, 0, 0, 0], atol=1e-5)
         assert est.positions == 24
 
@@ -286,8 +276,8 @@ def test_template_runs_in_draft_model_with_greedy_identity(tiny):
     cfg, params = tiny
     dcfg, dparams = first_layers(cfg, params, 1)
     prompts = [[3, 7, 1, 9, 4, 3, 7], [11, 5]]
-    texts, starts = sequoia.generate_texts(cfg, params, prompts, max_new_tokens=16)
-    est = sequoia.measure_acceptance(cfg, params, dcfg, dparams, texts, starts, ranks=4)
+    texts, starts = generate_texts(cfg, params, prompts, max_new_tokens=16)
+    est = measure_acceptance(cfg, params, dcfg, dparams, texts, starts, ranks=4)
     parents = sequoia.build_template(est.acceptance, 6, max_depth=3)
     assert len(parents) >= 2
     method = decode.Method(drafter=DraftModel(DecoderLM(dcfg), parents, "topk"),

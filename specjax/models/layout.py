@@ -1,22 +1,30 @@
-"""Chooses the CPU weight layout by measuring this machine (`layout="auto"`).
+"""The CPU weight layout: plain or panels, chosen per machine (`layout="auto"`).
+
+A model's matrices run either plain ([Din, Dout], `x @ w`) or in the panel
+layout of `models.linear` (`models.params.panelize`), and may mix them: plain
+layer matrices with the LM head in both layouts, the panelled head serving the
+forwards whose row count M (batch x tokens) lies in `ModelConfig.panel_head_rows`.
+A `LayoutPlan` names such a choice; `resolve` turns a layout name ("plain",
+"panels", "auto") into one, and `models.params.convert` / `with_layout` /
+`place` put the weights in it.
 
 Which formulation of a dense layer is faster on XLA:CPU depends on the CPU,
-not only on the shapes: the panel layout of `models.linear` made SmolLM2-135M
-decode 1.9x faster than plain `x @ w` on the project's machine in session 2,
-and 1.6x slower on the machines of sessions 5 and 6 (README, performance
-section). So `auto` measures instead of assuming.
+not only on the shapes: the panel layout made SmolLM2-135M decode 1.9x faster
+than plain `x @ w` on the project's machine in session 2, and 1.6x slower on
+the machines of sessions 5 and 6 (README, performance section). So `auto`
+measures instead of assuming.
 
 `measure(cfg)` times, with the weights streamed from DRAM as in a forward,
 
 - the seven matrices of a layer (wq, wk, wv, wo, gate, up, down) multiplied
-  in sequence through `decoder.dense`, over as many random layers of `cfg`'s
-  shapes as stream `STREAM_MB` from DRAM, per layer, and
+  in sequence through `linear.dense` (as the decoder runs them), over as
+  many random layers of `cfg`'s shapes as stream `STREAM_MB` from DRAM, per
+  layer, and
 - the LM head ([D, V]; `x @ embed.T` for tied embeddings, as the decoder
   runs it),
 
 each as plain `x @ w` and as `linear(x, prepare_weight(w))`, at M rows for
-M in `ROWS` (M = batch x tokens of one forward). `decide` turns the times
-into a `LayoutPlan`:
+M in `ROWS`. `decide` turns the times into a `LayoutPlan`:
 
 - body: "panels" if the layer matrices' time summed over `BODY_ROWS` (one
   token for autoregressive steps and drafts, 2-8 for verification) is lower
@@ -27,7 +35,8 @@ into a `LayoutPlan`:
   (`decoder.logits_from_hidden`, `ModelConfig.panel_head_rows`).
 
 Results are cached per (CPU, JAX version, shapes) in
-`<specjax cache>/layout/`, so a model is probed once per machine (10-40 s).
+`<specjax cache>/layout/`, so a model is probed once per machine (10-40 s);
+`python -m experiments.layout_probe MODEL [--force]` prints a probe's table.
 """
 
 from __future__ import annotations
@@ -46,8 +55,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.models import linear
+from specjax.models import assets, linear
 from specjax.models.config import ModelConfig
+from specjax.models.linear import dense
 
 ROWS = (1, 2, 4, 8, 16, 32)  # M values measured
 BODY_ROWS = (1, 2, 4, 8)  # M values whose summed time chooses the body layout
@@ -71,6 +81,29 @@ class LayoutPlan:
             raise ValueError(f"body layout must be 'plain' or 'panels', got {self.body!r}")
         if self.head is not None and not 1 <= self.head[0] <= self.head[1]:
             raise ValueError(f"head rows must be 1 <= lo <= hi, got {self.head}")
+
+
+
+LAYOUTS = ("auto", "plain", "panels")
+ALL_ROWS = (1, 2**31 - 1)  # ModelConfig.panel_head_rows: the panelled head at every M
+PLAIN = LayoutPlan(body="plain", head=None)
+PANELS = LayoutPlan(body="panels", head=ALL_ROWS)
+
+
+def resolve(cfg: ModelConfig, layout: str | LayoutPlan) -> LayoutPlan:
+    """The `LayoutPlan` of a `LAYOUTS` name: "plain", "panels" (panelled layer
+    matrices and LM head), or "auto": on the CPU backend, what `probe`
+    measures faster on this machine for these shapes (cached per machine);
+    plain on accelerators."""
+    if isinstance(layout, LayoutPlan):
+        return layout
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout {layout!r}; valid: {LAYOUTS}")
+    if layout == "auto":
+        if jax.default_backend() != "cpu" or jnp.dtype(cfg.dtype) != jnp.float32:
+            return PLAIN
+        return probe(cfg)
+    return PANELS if layout == "panels" else PLAIN
 
 
 def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
@@ -128,9 +161,7 @@ def _time_rows(fns: dict, args: dict, din: int, rows, reps: int, budget_s: float
 def _layer_stack(x, layers):
     """The dense layers of a decoder block (no attention, no norms), layer after
     layer: every matrix of every layer multiplies once, each through
-    `decoder.dense` as the model runs it."""
-    from specjax.models.decoder import dense
-
+    `linear.dense` as the model runs it."""
     for lp in layers:
         q, k, v = dense(x, lp["wq"]), dense(x, lp["wk"]), dense(x, lp["wv"])
         x = x + 1e-3 * (dense(q, lp["wo"]) + jnp.mean(k + v, axis=-1, keepdims=True))
@@ -159,8 +190,6 @@ def time_layers(cfg: ModelConfig, rows, reps: int = 15, budget_s: float = 15.0):
 def time_head(cfg: ModelConfig, rows, reps: int = 15, budget_s: float = 15.0):
     """ms of the LM head [D, V], plain vs panels, at each M, as the decoder runs
     it (`x @ embed.T` when tied)."""
-    from specjax.models.decoder import dense
-
     rng = np.random.default_rng(0)
     w = rng.standard_normal((cfg.vocab_size, cfg.dim), np.float32) / np.sqrt(cfg.dim)
     if cfg.tie_embeddings:
@@ -217,9 +246,7 @@ def cache_key(cfg: ModelConfig) -> str:
 
 def probe_path(cfg: ModelConfig, cache: str | Path | None = None) -> Path:
     """Where the probe of `cfg` on this machine is cached."""
-    from specjax.models.assets import cache_dir
-
-    return Path(cache or cache_dir()) / "layout" / f"{cache_key(cfg)}.json"
+    return Path(cache or assets.cache_dir()) / "layout" / f"{cache_key(cfg)}.json"
 
 
 def read_times(path: Path) -> dict:
@@ -270,24 +297,3 @@ def table(times: dict) -> str:
             out.append(f"| {name} | {v} | "
                        + " | ".join(f"{times[part][v][m]:.2f}" for m in rows) + " |")
     return "\n".join(out)
-
-
-def main(argv=None):
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Probe plain vs panel weights for a model's shapes "
-                                             "on this machine (what layout=auto uses).")
-    ap.add_argument("model", help="asset name, GGUF file or HF dir")
-    ap.add_argument("--force", action="store_true", help="measure again even if cached")
-    args = ap.parse_args(argv)
-    from specjax.models import loading
-
-    cfg = loading.load(args.model, progress=False)[0]
-    times = probe_times(cfg, force=args.force)
-    plan = decide(times)
-    print(table(times))
-    print(f"plan: layers {plan.body}, panelled LM head for rows {plan.head}")
-
-
-if __name__ == "__main__":
-    main()

@@ -6,6 +6,9 @@ or at `max_new_tokens`. Host-side wrappers only validate and pad the inputs.
 
 Prompts are right-padded to a bucketed length P with per-row `lengths`, so
 left-padded inputs are converted with `prompts_from_padded` first.
+
+Other loops of the package: `specjax.decode.pearl` (PEARL, parallel drafting
+and verification with adaptive draft length, arXiv:2408.11850).
 """
 
 from __future__ import annotations

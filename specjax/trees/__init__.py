@@ -31,6 +31,9 @@ Named templates (`TEMPLATES`):
   "medusa63" Medusa's `mc_sim_7b_63` choice list (Cai et al., arXiv
              2401.10774): 63 drafts, depth 4; ranks index the top-k of the
              Medusa head for that depth.
+
+Tree builders of the package: `specjax.trees.sequoia` (Sequoia's optimal
+static tree for a measured per-rank acceptance vector, arXiv:2402.12374).
 """
 
 from __future__ import annotations

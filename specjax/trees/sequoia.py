@@ -8,21 +8,8 @@ tokens per target call of a tree is 1 + sum_v prod_{edges to v} acceptance[rank]
 (`theory.tree_expected_tokens`) and a dynamic programme finds the best tree of
 n nodes. This module
 
-1. measures the acceptance vector of a (target, draft) model pair by teacher
-   forcing (`measure_acceptance`): one causal forward of each model over a
-   committed text gives the target law p_t and draft law q_t at every
-   position t, and at each position
-     - greedy: acceptance[k] counts the positions where the target's argmax is
-       the draft's rank-k token (the `topk` children of `DraftModel`, verified
-       by `verify.greedy`);
-     - sampling: k children are drawn without replacement from the processed q_t
-       (Gumbel-top-k, `verify.draw_without_replacement`) and verified by
-       recursive rejection sampling without replacement (Jeon et al.,
-       arXiv:2402.14160; `verify.RRS(replacement=False)`, the rule of
-       `verify.tree_rrs(replacement=False)`). We average the rule's EXACT
-       conditional law of "child k is accepted" given the drawn children (a
-       Rao-Blackwellised estimate, unbiased for alpha(k + 1) - alpha(k), with
-       alpha(m) the m-draft acceptance rate of `theory.rrs_acceptance`);
+1. holds a measured acceptance vector (`AcceptanceEstimate`; measured on a
+   model pair by `specjax.bench.sequoia_acceptance.measure_acceptance`);
 2. builds the optimal tree for a node budget and an optional depth bound
    (`build_template`; the depth bounds the draft forwards per step, the
    hardware-aware constraint of Sequoia);
@@ -41,13 +28,12 @@ last committed token), parents[0] = -1, and the draft nodes are in BFS order
 and `theory.optimal_tree` use draft nodes only (root children have parent -1);
 `theory_parents` converts.
 
-Letters: M scored positions, V vocabulary, K measured ranks, N tree nodes.
+Letters: M scored positions, K measured ranks, N tree nodes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import re
@@ -55,20 +41,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from specjax import decode, theory, verify
-from specjax.models.lm import LanguageModel, as_lm
-from specjax.sampling import GREEDY, Sampling, argmax_last, process_logits
+from specjax import theory
+from specjax.sampling import Sampling
 
 FORMAT = "specjax.sequoia_tree"
 VERSION = 1
 SPEC_PREFIX = "sequoia:"
 
 # ----------------------------------------------------------------------------
-# Measuring the per-rank acceptance vector.
+# A measured per-rank acceptance vector.
 # ----------------------------------------------------------------------------
 
 
@@ -100,158 +83,6 @@ class AcceptanceEstimate:
         return cls(acceptance=values.mean(axis=0), stderr=err, positions=m, per_position=values)
 
 
-@functools.partial(jax.jit, static_argnames=("sampling", "ranks", "num_draws"))
-def rank_acceptance(key: jax.Array, target_logits: jax.Array, draft_logits: jax.Array, *,
-                    sampling: Sampling, ranks: int, num_draws: int = 1) -> jax.Array:
-    """Per-position, per-rank acceptance of the draft's ranked children.
-
-    Args:
-      key: PRNG key (unused when greedy).
-      target_logits: f[M, V] raw target logits at M positions.
-      draft_logits: f[M, V] raw draft logits at the same positions.
-      sampling: the processing applied to both laws; greedy ranks the draft's
-        raw logits (top-k, as `DraftModel` does) and accepts the target argmax.
-      ranks: K, number of children (ranks) measured.
-      num_draws: sampling only: independent child draws averaged per position.
-
-    Returns:
-      f32[M, K]: greedy, 1 where the target argmax is the draft's rank-k token
-      (at most one 1 per row); sampling, the mean over draws of the exact
-      probability that the rank-k drawn child is accepted by RRS without
-      replacement given the draws.
-    """
-    if sampling.greedy:
-        best = argmax_last(target_logits)  # [M]
-        ranked = jax.lax.top_k(draft_logits, ranks)[1]  # [M, K]
-        return (ranked == best[:, None]).astype(jnp.float32)
-    p = jnp.exp(process_logits(target_logits, sampling))  # [M, V]
-    q = jnp.exp(process_logits(draft_logits, sampling))
-    rule = verify.RRS(replacement=False)
-    valid = jnp.ones((p.shape[0], ranks), bool)
-
-    def one_draw(i, total):
-        tokens = verify.draw_without_replacement(jax.random.fold_in(key, i), q, ranks)  # [M, K]
-        accept, _ = rule(p, q, tokens, valid)  # [M, K]
-        return total + accept
-
-    total = jax.lax.fori_loop(0, num_draws, one_draw, jnp.zeros((p.shape[0], ranks), p.dtype))
-    return total / num_draws
-
-
-@functools.partial(jax.jit, static_argnames=("model", "count"))
-def _rows_logits(params, tokens, start, *, model: LanguageModel, count: int):
-    """Logits at rows [start, start + count) of one padded text [1, T] -> f32[count, V]."""
-    T = tokens.shape[1]
-    cache = model.init_cache(1, 1)  # nothing committed: the text is the whole context
-    S = model.max_len(cache)
-    causal = jnp.tril(jnp.ones((T, T), bool))
-    mask = jnp.concatenate([jnp.zeros((1, T, S), bool), causal[None]], axis=-1)  # [1, T, S + T]
-    logits, _ = model.forward(params, tokens, jnp.arange(T, dtype=jnp.int32)[None], cache, mask)
-    return jax.lax.dynamic_slice_in_dim(logits[0], start, count, axis=0).astype(jnp.float32)
-
-
-def text_logits(model, params, text: Sequence[int], start: int, count: int,
-                bucket: int = 64) -> jax.Array:
-    """Teacher-forced logits: row j is the law of text[start + 1 + j] given text[:start + 1 + j].
-
-    One causal forward over the whole text, padded at the end to a multiple
-    of `bucket` so texts of similar length share a compilation (real rows
-    never attend to padding).
-
-    Args:
-      model: a `ModelConfig` or any `LanguageModel`.
-      params: its parameters.
-      text: token ids.
-      start: first row (0 <= start, start + count <= len(text)).
-      count: number of rows (>= 1).
-      bucket: padding multiple.
-
-    Returns:
-      f32[count, V].
-    """
-    if start < 0 or count < 1 or start + count > len(text):
-        raise ValueError(f"rows [{start}, {start + count}) outside a text of {len(text)} tokens")
-    T = -(-len(text) // bucket) * bucket
-    tokens = np.zeros((1, T), np.int32)
-    tokens[0, :len(text)] = np.asarray(text, np.int32)
-    return _rows_logits(params, jnp.asarray(tokens), jnp.int32(start), model=as_lm(model),
-                        count=count)
-
-
-def generate_texts(target, target_params, prompts: Sequence[Sequence[int]], *,
-                   max_new_tokens: int, sampling: Sampling = GREEDY,
-                   key: jax.Array | None = None, eos_ids: Sequence[int] = ()
-                   ) -> tuple[list[list[int]], list[int]]:
-    """The target's own continuations of `prompts` (`decode.autoregressive_generate`).
-
-    Returns:
-      (texts, starts): texts[i] = prompts[i] ++ continuation, and starts[i] =
-      len(prompts[i]), the index of the first generated token.
-    """
-    key = jax.random.key(0) if key is None else key
-    texts, starts = [], []
-    for i, prompt in enumerate(prompts):  # one row at a time: no padding effects
-        gen = decode.autoregressive_generate(
-            target_params, target, [list(prompt)], max_new_tokens=max_new_tokens,
-            sampling=sampling, key=jax.random.fold_in(key, i), eos_ids=eos_ids)
-        texts.append(list(prompt) + list(gen.tokens[0]))
-        starts.append(len(prompt))
-    return texts, starts
-
-
-def measure_acceptance(target, target_params, draft, draft_params,
-                       texts: Sequence[Sequence[int]], starts: Sequence[int], *,
-                       sampling: Sampling = GREEDY, ranks: int = 16, num_draws: int = 1,
-                       key: jax.Array | None = None, bucket: int = 64) -> AcceptanceEstimate:
-    """Per-rank acceptance vector of a (target, draft) pair along committed texts.
-
-    Scores every position that predicts a token of texts[i][starts[i]:] (the
-    generated part; use `generate_texts` for the target's own text, or pass
-    reference text): the laws there come from one teacher-forced forward of
-    each model per text, then `rank_acceptance`.
-
-    Args:
-      target, draft: `ModelConfig`s or `LanguageModel`s sharing one vocabulary.
-      target_params, draft_params: their parameters.
-      texts: token-id lists.
-      starts: per text, the index of the first scored token (>= 1).
-      sampling: processing of both laws (greedy: temperature 0).
-      ranks: K, children measured per position (<= vocabulary size).
-      num_draws: sampling only, child draws per position.
-      key: PRNG key for the draws.
-      bucket: padding multiple of the forwards.
-
-    Returns:
-      `AcceptanceEstimate` over all scored positions.
-    """
-    target, draft = as_lm(target), as_lm(draft)
-    if target.vocab_size != draft.vocab_size:
-        raise ValueError(f"draft vocabulary ({draft.vocab_size}) differs from the target's "
-                         f"({target.vocab_size})")
-    if not 1 <= ranks <= target.vocab_size:
-        raise ValueError(f"ranks must be in [1, {target.vocab_size}], got {ranks}")
-    if num_draws < 1:
-        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
-    if len(texts) != len(starts):
-        raise ValueError(f"got {len(texts)} texts but {len(starts)} starts")
-    key = jax.random.key(0) if key is None else key
-    values = []
-    for i, (text, start) in enumerate(zip(texts, starts)):
-        if not 1 <= start <= len(text):
-            raise ValueError(f"starts[{i}] = {start} must be in [1, len(text) = {len(text)}]")
-        count = len(text) - start
-        if count == 0:
-            continue
-        p = text_logits(target, target_params, text, start - 1, count, bucket)
-        q = text_logits(draft, draft_params, text, start - 1, count, bucket)
-        values.append(np.asarray(rank_acceptance(
-            jax.random.fold_in(key, i), p, q, sampling=sampling, ranks=ranks,
-            num_draws=num_draws)))
-    if not values:
-        raise ValueError("no position to score: every text ends at its start")
-    return AcceptanceEstimate.from_values(np.concatenate(values))
-
-
 # ----------------------------------------------------------------------------
 # The optimal tree.
 # ----------------------------------------------------------------------------
@@ -280,7 +111,8 @@ def build_template(acceptance, num_nodes: int, max_depth: int | None = None) -> 
     """Parent array (root included, `DraftModel`-ready) of the best Sequoia tree.
 
     Args:
-      acceptance: [K] measured per-rank acceptance (`measure_acceptance`).
+      acceptance: [K] measured per-rank acceptance
+        (`specjax.bench.sequoia_acceptance.measure_acceptance`).
       num_nodes: draft-node budget.
       max_depth: optional bound on the tree depth (= draft forwards per step).
 
