@@ -2,12 +2,12 @@
 freeing compiled code after the modules that need it, and the law tests' power report."""
 
 import gc
-import os
 
 import jax
 import pytest
 
 from specjax.bench.experiment import enable_compilation_cache
+from specjax.bench.map_budget import resident_bytes
 from tests import law
 
 # One on-disk compilation cache for the whole run (`<specjax cache>/xla`, as the
@@ -20,15 +20,6 @@ enable_compilation_cache(min_compile_secs=0.2, subprocesses=True)
 # than this much memory (20000-row Monte Carlo batches and real-model loops make it grow);
 # dropping them otherwise would only make later modules retrace and reload them.
 FREE_COMPILED_ABOVE_BYTES = 3 << 30
-
-
-def resident_bytes() -> int:
-    """This process's resident memory (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,4 +1,4 @@
-"""Keeping a long benchmark run under Linux's per-process memory-map limit.
+"""Keeping a long benchmark run under Linux's per-process memory-map limit (and its memory).
 
 XLA:CPU maps the machine code of every compiled program in many small memory
 mappings (measured: ~2,900 per compiled speculative loop of the Qwen2.5 0.5B ->
@@ -11,18 +11,24 @@ the process's mappings and, past a fraction of the limit, drops JAX's
 compiled executables (`jax.clear_caches()`); the methods still to run are then
 read back from the on-disk compilation cache (`experiment.enable_compilation_cache`)
 at the cost of a retrace, which the runner's compile timer keeps out of the
-measured times.
+measured times. The compiled programs are also most of a long run's memory
+(measured: a Qwen-pair run reached 17 GB resident before any peer loaded, with
+~8 GB of weights), so the budget drops them too when the process holds more than
+a fraction of the machine's memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 
 import jax
 
 MAP_COUNT_FILE = "/proc/sys/vm/max_map_count"
 MAPS_FILE = "/proc/self/maps"
+STATM_FILE = "/proc/self/statm"
+MEMINFO_FILE = "/proc/meminfo"
 MIN_MAP_COUNT = 262144
 
 
@@ -44,6 +50,27 @@ def map_count(path: str = MAPS_FILE) -> int:
         return 0
 
 
+def resident_bytes(path: str = STATM_FILE) -> int:
+    """This process's resident memory in bytes (0 where unknown)."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def total_memory(path: str = MEMINFO_FILE) -> int | None:
+    """The machine's memory in bytes (MemTotal; None where unknown)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def check_map_count(path: str = MAP_COUNT_FILE, minimum: int = MIN_MAP_COUNT) -> str | None:
     """A note if the memory-map limit is below `minimum` (None when fine or unknown).
 
@@ -60,24 +87,36 @@ def check_map_count(path: str = MAP_COUNT_FILE, minimum: int = MIN_MAP_COUNT) ->
 
 @dataclasses.dataclass
 class MapBudget:
-    """Drops compiled executables when the process nears its memory-map limit.
+    """Drops compiled executables when the process nears its memory-map limit or holds
+    too much of the machine's memory.
 
     Attributes:
       fraction: act once the mappings exceed this fraction of the limit. One
         Qwen-1.5B loop program holds ~3,000 mappings and a compile needs room
         for the next one, so the default leaves ~25,000 of the default 65,530.
       limit: the limit (default: read from /proc/sys/vm/max_map_count; None
-        and unreadable = never act).
+        and unreadable = never act on mappings).
+      memory_fraction: act once the process's resident memory exceeds this
+        fraction of `memory`.
+      memory: the machine's memory (default: MemTotal; None = never act on memory).
       clears: how many times the budget dropped the executables (for reports).
     """
 
     fraction: float = 0.6
     limit: int | None = dataclasses.field(default_factory=map_limit)
+    memory_fraction: float = 0.6
+    memory: int | None = dataclasses.field(default_factory=total_memory)
     clears: int = 0
 
+    def over(self) -> bool:
+        """True if the process is past the mapping or the memory budget."""
+        maps = self.limit is not None and map_count() > self.fraction * self.limit
+        mem = self.memory is not None and resident_bytes() > self.memory_fraction * self.memory
+        return maps or mem
+
     def relieve(self) -> bool:
-        """Clears JAX's caches if the process holds too many mappings; True if it did."""
-        if self.limit is None or map_count() <= self.fraction * self.limit:
+        """Clears JAX's caches if the process is over budget (`over`); True if it did."""
+        if not self.over():
             return False
         jax.clear_caches()
         gc.collect()

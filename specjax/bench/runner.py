@@ -111,7 +111,9 @@ def run(
                     bar.update()
                     continue
                 rec = _run_one(g, p, tok, chat)
-                map_budget.relieve()
+                if map_budget.relieve() and progress:
+                    tqdm.write(f"[budget] dropped the compiled programs after {g.name} "
+                               f"(clear {map_budget.clears}); later methods reload them")
                 records.append(rec)
                 if sink:
                     sink.write(json.dumps(dataclasses.asdict(rec)) + "\n")

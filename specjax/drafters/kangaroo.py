@@ -25,6 +25,7 @@ from typing import ClassVar
 
 from specjax.drafters.base import Proposal
 from specjax.drafters.self_spec import (
+    SelfChain,
     SelfDraftState,
     check_chain_settings,
     check_target_kv,
@@ -44,7 +45,7 @@ def _cache_from_target(target_cache: KVCache, num_layers: int) -> KVCache:
 
 
 @dataclasses.dataclass(frozen=True)
-class Kangaroo:
+class Kangaroo(SelfChain):
     """Kangaroo self-draft: first `exit_layer` layers + final norm + LM head.
 
     `draft_params` must be the target's parameters (the same pytree).
@@ -71,14 +72,6 @@ class Kangaroo:
                 f"exit_layer must be in [1, {self.cfg.num_layers}] (the target's layers), "
                 f"got {self.exit_layer}")
         check_chain_settings(self.num_drafts, self.threshold)
-
-    @property
-    def num_nodes(self) -> int:
-        return self.num_drafts + 1
-
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
 
     def _shallow(self, params):
         return first_layers(self.cfg, params, self.exit_layer)

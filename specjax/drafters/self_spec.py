@@ -190,6 +190,19 @@ def check_chain_settings(num_drafts: int, threshold: float):
         raise ValueError(f"threshold (a top-1 probability) must be in [0, 1], got {threshold}")
 
 
+class SelfChain:
+    """Mixin of the self-drafters (a chain of `num_drafts` drafts by the target `cfg`):
+    the node count and vocabulary the loop reads."""
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_drafts + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+
 @flax.struct.dataclass
 class SelfDraftState:
     """cache: the drafter's KVCache (equal to the target's at committed slots)."""

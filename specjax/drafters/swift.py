@@ -103,6 +103,7 @@ from specjax.drafters import swift_bo
 from specjax.drafters.base import Proposal
 from specjax.drafters.history import TokenHistory, append_path, init_history
 from specjax.drafters.self_spec import (
+    SelfChain,
     check_chain_settings,
     check_target_kv,
     commit_target_kv,
@@ -273,7 +274,7 @@ class SwiftState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Swift:
+class Swift(SelfChain):
     """SWIFT self-draft: the target with a per-input set of skipped (sub-)layers.
 
     `draft_params` must be the target's parameters (the same pytree).
@@ -369,14 +370,6 @@ class Swift:
         if not self.bo_lengthscales or min(self.bo_lengthscales) <= 0:
             raise ValueError(f"bo_lengthscales must be a non-empty tuple of positive fractions, "
                              f"got {self.bo_lengthscales}")
-
-    @property
-    def num_nodes(self) -> int:
-        return self.num_drafts + 1
-
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
 
     @property
     def num_units(self) -> int:
