@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from specjax.bench import metrics, paper_tables, prompts as prompts_lib, registry, report
+from specjax.bench.map_budget import peak_resident_bytes
 from specjax.bench.runner import Generator, run
 from specjax.sampling import Sampling
 
@@ -324,18 +325,6 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     if cfg.paper.layout:
         result["paper_table"] = write_paper_table(workdir, cfg, records)
     return result
-
-
-def peak_resident_bytes() -> int | None:
-    """This process's peak resident memory (Linux's VmHWM; None where unknown)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def write_paper_table(workdir: Path, cfg: ExperimentConfig, records) -> str:

@@ -59,16 +59,26 @@ def resident_bytes(path: str = STATM_FILE) -> int:
         return 0
 
 
-def total_memory(path: str = MEMINFO_FILE) -> int | None:
-    """The machine's memory in bytes (MemTotal; None where unknown)."""
+def proc_kilobytes(path: str, key: str) -> int | None:
+    """The `key:  N kB` entry of a /proc status file in bytes (None where unknown)."""
     try:
         with open(path) as f:
             for line in f:
-                if line.startswith("MemTotal:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def total_memory(path: str = MEMINFO_FILE) -> int | None:
+    """The machine's memory in bytes (MemTotal; None where unknown)."""
+    return proc_kilobytes(path, "MemTotal")
+
+
+def peak_resident_bytes(path: str = "/proc/self/status") -> int | None:
+    """This process's peak resident memory in bytes (VmHWM; None where unknown)."""
+    return proc_kilobytes(path, "VmHWM")
 
 
 def check_map_count(path: str = MAP_COUNT_FILE, minimum: int = MIN_MAP_COUNT) -> str | None:

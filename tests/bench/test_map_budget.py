@@ -77,3 +77,12 @@ def test_runner_relieves_between_generations_with_same_results():
     assert [r.tokens for r in tight] == [r.tokens for r in free]
     # the first generation reused the free run's program; every later one was dropped before
     assert all(r.compile_seconds > 0 for r in tight[1:]), [r.compile_seconds for r in tight]
+
+
+def test_proc_readings(tmp_path):
+    f = tmp_path / "status"
+    f.write_text("Name:\tpython\nVmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n")
+    assert map_budget.proc_kilobytes(str(f), "VmHWM") == 2048 * 1024
+    assert map_budget.proc_kilobytes(str(f), "VmSwap") is None
+    assert map_budget.peak_resident_bytes(str(tmp_path / "missing")) is None
+    assert map_budget.peak_resident_bytes() >= map_budget.resident_bytes() > 0
