@@ -33,21 +33,12 @@ def test_map_limit_and_count(tmp_path):
 def test_budget_drops_compiled_programs_only_past_the_limit():
     fs = _programs(12)
     held = map_count()
-    assert not MapBudget(limit=10 * held, memory=None).relieve()  # far under: nothing dropped
-    assert not MapBudget(limit=None, memory=None).relieve()  # unknown limits: never acts
+    assert not MapBudget(limit=10 * held).relieve()  # far under: nothing dropped
+    assert not MapBudget(limit=None).relieve()  # unknown limits: never acts
     assert fs[0]._cache_size() == 1
-    budget = MapBudget(fraction=0.5, limit=held, memory=None)  # past half of today's count
+    budget = MapBudget(fraction=0.5, limit=held)  # past half of today's count
     assert budget.relieve() and budget.clears == 1
     assert fs[0]._cache_size() == 0 and map_count() < held
-
-
-def test_budget_drops_compiled_programs_past_the_memory_fraction():
-    fs = _programs(3, offset=100)
-    rss = map_budget.resident_bytes()
-    assert rss > 0 and map_budget.total_memory() > rss  # Linux
-    assert not MapBudget(limit=None, memory=4 * rss, memory_fraction=0.5).relieve()
-    budget = MapBudget(limit=None, memory=rss, memory_fraction=0.5)
-    assert budget.relieve() and budget.clears == 1 and fs[0]._cache_size() == 0
 
 
 def test_runner_relieves_between_generations_with_same_results():
@@ -70,8 +61,8 @@ def test_runner_relieves_between_generations_with_same_results():
             return " ".join(map(str, ids))
 
     free = run(gens, prompts, Tok(), progress=False,
-               map_budget=MapBudget(limit=None, memory=None))
-    budget = MapBudget(fraction=0.0, limit=1, memory=None)  # always over: drop every time
+               map_budget=MapBudget(limit=None))
+    budget = MapBudget(fraction=0.0, limit=1)  # always over: drop every time
     tight = run(gens, prompts, Tok(), progress=False, map_budget=budget)
     assert budget.clears == len(gens) * len(prompts)
     assert [r.tokens for r in tight] == [r.tokens for r in free]
