@@ -152,13 +152,13 @@ def build_generators(cfg: ExperimentConfig, tok, target, draft) -> list[Generato
 PEERS = ("hf_greedy", "hf_assisted", "hf_prompt_lookup")
 
 
-def build_peers(cfg: ExperimentConfig, names, tok) -> list[Generator]:
-    """The HF transformers peers named in `names` (loads the model, and the draft for
-    `hf_assisted`)."""
+def build_peers(cfg: ExperimentConfig, tok) -> list[Generator]:
+    """The HF transformers peers of `config.peers` (`check_peers`; loads the model, and the
+    draft for `hf_assisted`)."""
     from specjax.bench import peers as peers_lib
     from specjax.models.tokenizer import stop_token_ids
 
-    check_peers(dataclasses.replace(cfg, peers=",".join(names)))
+    names = check_peers(cfg)
     eos = stop_token_ids(tok)
     model = peers_lib.load_hf_model(cfg.model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
@@ -305,7 +305,7 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
         del gens, tparams, draft
         jax.clear_caches()
         gc.collect()
-        records += run(build_peers(cfg, peers, tok), items, tok, chat=cfg.chat,
+        records += run(build_peers(cfg, tok), items, tok, chat=cfg.chat,
                        records_path=records_path, progress=progress)
     rows = metrics.summarize(records, baseline="autoregressive",
                              check_identity=cfg.sampling.greedy)
