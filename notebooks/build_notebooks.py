@@ -202,7 +202,7 @@ COMPOSE = [
     from specjax import decode, trees, verify
     from specjax.drafters.draft_model import DraftModel
     from specjax.drafters.prompt_lookup import PromptLookup
-    from specjax.drafters.token_recycling import TokenRecycling, deterministic_tree
+    from specjax.drafters.token_recycling import TokenRecycling
     from specjax.models import loading
     from specjax.models.config import ModelConfig
     from specjax.models.lm import DecoderLM
@@ -287,7 +287,7 @@ COMPOSE = [
     code('''
     tr = TokenRecycling(cfg.vocab_size, k=4, template=(4, 2, 1))
     res = decode.speculative_generate(params, cfg, prompts,
-                                      method=decode.Method(tr, deterministic_tree(tr.max_children)),
+                                      method=decode.Method(tr, verify.deterministic_tree(tr.max_children)),
                                       max_new_tokens=max_new, sampling=warm,
                                       key=jax.random.key(3))
     report_run("TokenRecycling + deterministic_tree, T=0.8", res)

@@ -55,6 +55,19 @@ def chi2_pooled(counts, law, min_expected=5.0):
     return p
 
 
+@dataclasses.dataclass(frozen=True)
+class MutantVerifier:
+    """Base of the mutant verifiers: wraps a lossless verifier and claims its
+    draft laws (`lossless_for`), so `Method` accepts it and only the Monte
+    Carlo law test can reject it."""
+
+    inner: Any
+
+    @property
+    def lossless_for(self):
+        return self.inner.lossless_for
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class MarkovLaw:
     """A Markov target, a prompt and a row count: runs a loop and tests its output law.

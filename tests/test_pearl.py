@@ -26,7 +26,7 @@ from specjax.decode import pearl
 from specjax.models.params import first_layers, init_params
 from specjax.sampling import Sampling
 from tests.drafters.conftest import N_NEW, PROMPTS, TINY
-from tests.law import LOG_Q, REPEATING
+from tests.law import MutantVerifier, LOG_Q, REPEATING
 from tests.test_speculative_law import ResidualIsP
 
 
@@ -127,10 +127,8 @@ def test_output_law(gamma):
 
 
 @dataclasses.dataclass(frozen=True)
-class NoPreVerify:
+class NoPreVerify(MutantVerifier):
     """Mutant: the step's new draft is accepted without checking (p := q at its parent)."""
-
-    inner: object
 
     def __call__(self, key, tree, target_probs, draft_probs):
         parent = jnp.sum(tree.valid, axis=1) - 2  # the last valid node's parent

@@ -19,7 +19,7 @@ import pytest
 
 from specjax import trees, verify
 from specjax.drafters.draft_model import DraftModel
-from tests.law import FROM_START, LOG_Q, Q
+from tests.law import MutantVerifier, FROM_START, LOG_Q, Q
 
 LM = FROM_START.LM
 
@@ -60,10 +60,8 @@ def test_loop_output_law(name):
 
 
 @dataclasses.dataclass(frozen=True)
-class BonusFromQ:
+class BonusFromQ(MutantVerifier):
     """Mutant: the bonus token after a fully accepted chain is drawn from q."""
-
-    inner: object
 
     def __call__(self, key, tree, target_probs, draft_probs):
         leaf_q = jnp.asarray(Q, jnp.float32)[tree.tokens[:, -1]]  # [B, V]
@@ -71,10 +69,8 @@ class BonusFromQ:
 
 
 @dataclasses.dataclass(frozen=True)
-class ResidualIsP:
+class ResidualIsP(MutantVerifier):
     """Mutant: after a rejection the correction token is drawn from p, not the residual."""
-
-    inner: object
 
     def __call__(self, key, tree, target_probs, draft_probs):
         k1, k2 = jax.random.split(key)

@@ -31,6 +31,7 @@ from specjax.models.config import ModelConfig
 from specjax.models.lm import DecoderLM
 from specjax.models.params import first_layers
 from specjax.sampling import Sampling
+from specjax.verify import laws
 
 # settings config.draft may hold for things other than registered methods
 PEER_SETTINGS = ("prompt_lookup",)  # hf_prompt_lookup's prompt_lookup_num_tokens (experiment)
@@ -340,7 +341,8 @@ def _generator(ctx: BuildContext, built: Speculative) -> Generator:
 
 def _speculative(name: str, drafter, verifier, draft_params=None, policy=None,
                  widths: tuple[int, ...] | None = None) -> Speculative:
-    """drafter x policy x verifier; with a policy, `widths` (+ the node count) are the
+    """drafter x policy x verifier, lossless (`decode.Method` refuses other pairs through
+    `laws.check_composition`); with a policy, `widths` (+ the node count) are the
     verification widths and the name gets "+PolicyName"."""
     if policy is None:
         return Speculative(name, decode.Method(drafter=drafter, verifier=verifier), draft_params)
@@ -393,8 +395,26 @@ def length_policy(ctx: BuildContext, spec: str | None = None, max_k: int = 8, ba
     return policies.parse(spec)
 
 
-def chain_verifier(sampling: Sampling):
-    return verify.greedy if sampling.greedy else verify.chain_sampling
+# The sampling verifier registered methods use for each draft law (`specjax.verify.laws`):
+# the best lossless rule for it; greedy decoding always verifies greedily.
+SAMPLING_VERIFIERS: dict[str, Callable[[Any], Any]] = {
+    laws.IID: lambda d: verify.chain_sampling,  # chains: draft model, self-drafts, cascades
+    laws.POINT_MASS: lambda d: verify.chain_sampling,  # prompt lookup, n-gram drafters
+    laws.WITHOUT_REPLACEMENT: lambda d: verify.tree_rrs(replacement=False,
+                                                        max_children=d.max_children),
+    laws.GREEDY_DRAFT: lambda d: verify.tree_greedy_draft(),
+    laws.DETERMINISTIC_TREE: lambda d: verify.deterministic_tree(d.max_children),
+    laws.TOPK: lambda d: verify.deterministic_tree(getattr(d, "max_children", None)),
+}
+
+
+def verifier_for(sampling: Sampling, drafter, sampled=None):
+    """The verifier of `drafter` under `sampling`: `verify.greedy` at temperature 0, else
+    `sampled` (a user's choice, e.g. sd_tree's tree_verifier) or the drafter's draft law's
+    `SAMPLING_VERIFIERS` entry. `_speculative` checks the pair."""
+    if sampling.greedy:
+        return verify.greedy
+    return sampled if sampled is not None else SAMPLING_VERIFIERS[laws.draft_law(drafter)](drafter)
 
 
 def _draft(ctx: BuildContext, s: Settings):
@@ -407,8 +427,9 @@ def sd_chain(ctx: BuildContext, s: Settings) -> Speculative:
     dcfg, dparams = draft = _draft(ctx, s)
     k, pend = s["k"], s["max_pending"]
     policy = length_policy(ctx, s["policy"], max_k=k, max_pending=pend, draft=draft)
-    return _speculative(f"sd_chain(k={k})", DraftModel.chain(DecoderLM(dcfg), k, pend),
-                        chain_verifier(ctx.sampling), dparams, policy, s["widths"])
+    d = DraftModel.chain(DecoderLM(dcfg), k, pend)
+    return _speculative(f"sd_chain(k={k})", d, verifier_for(ctx.sampling, d), dparams, policy,
+                        s["widths"])
 
 
 def _adaptive_chain(label: str, policy_of: Callable[[BuildContext, Settings, Any], Any]):
@@ -417,10 +438,9 @@ def _adaptive_chain(label: str, policy_of: Callable[[BuildContext, Settings, Any
     def build(ctx: BuildContext, s: Settings) -> Speculative:
         dcfg, dparams = draft = _draft(ctx, s)
         k = s["max_k"]
-        return _speculative(f"{label}(max_k={k})",
-                            DraftModel.chain(DecoderLM(dcfg), k, s["max_pending"]),
-                            chain_verifier(ctx.sampling), dparams, policy_of(ctx, s, draft),
-                            s["widths"])
+        d = DraftModel.chain(DecoderLM(dcfg), k, s["max_pending"])
+        return _speculative(f"{label}(max_k={k})", d, verifier_for(ctx.sampling, d), dparams,
+                            policy_of(ctx, s, draft), s["widths"])
 
     return build
 
@@ -468,15 +488,15 @@ def sd_tree(ctx: BuildContext, s: Settings) -> Speculative:
     if name not in TREE_VERIFIERS:
         raise ValueError(f"unknown tree_verifier {name!r}; valid: {sorted(TREE_VERIFIERS)}")
     if ctx.sampling.greedy:
-        rule, verifier = "topk", verify.greedy
+        rule, sampled = "topk", None
     else:
-        rule, verifier = TREE_VERIFIERS[name][0], TREE_VERIFIERS[name][1]()
+        rule, sampled = TREE_VERIFIERS[name][0], TREE_VERIFIERS[name][1]()
         label = label if name == "rrs_wor" else f"{label},{name}"
     dcfg, dparams = draft = _draft(ctx, s)
     policy = length_policy(ctx, s["policy"], draft=draft)
-    return _speculative(f"sd_tree({label})",
-                        DraftModel(DecoderLM(dcfg), parents, rule, **s.of(DraftModel)),
-                        verifier, dparams, policy, s["widths"])
+    d = DraftModel(DecoderLM(dcfg), parents, rule, **s.of(DraftModel))
+    return _speculative(f"sd_tree({label})", d, verifier_for(ctx.sampling, d, sampled), dparams,
+                        policy, s["widths"])
 
 
 def sequoia_tree(ctx: BuildContext, s: Settings) -> Speculative:
@@ -495,9 +515,8 @@ def dyspec(ctx: BuildContext, s: Settings) -> Speculative:
 
     dcfg, dparams = _draft(ctx, s)
     d = DySpec(DecoderLM(dcfg), **s.of(DySpec))
-    verifier = (verify.greedy if ctx.sampling.greedy
-                else verify.tree_rrs(replacement=False, max_children=d.max_children))
-    return _speculative(f"dyspec(N={d.num_nodes},R={d.nodes_per_round})", d, verifier, dparams)
+    return _speculative(f"dyspec(N={d.num_nodes},R={d.nodes_per_round})", d,
+                        verifier_for(ctx.sampling, d), dparams)
 
 
 def rsd_s(ctx: BuildContext, s: Settings) -> Speculative:
@@ -506,10 +525,9 @@ def rsd_s(ctx: BuildContext, s: Settings) -> Speculative:
     from specjax.drafters.stochastic_beam import StochasticBeam
 
     dcfg, dparams = _draft(ctx, s)
-    d = StochasticBeam(DecoderLM(dcfg), **s.of(StochasticBeam))
-    verifier = (verify.greedy if ctx.sampling.greedy
-                else verify.tree_rrs(replacement=False, max_children=d.beam_width))
-    return _speculative(f"rsd_s(W={d.beam_width},D={d.depth})", d, verifier, dparams)
+    d = StochasticBeam(DecoderLM(dcfg), **s.of(StochasticBeam))  # max_children = beam_width
+    return _speculative(f"rsd_s(W={d.beam_width},D={d.depth})", d, verifier_for(ctx.sampling, d),
+                        dparams)
 
 
 def pearl(ctx: BuildContext, s: Settings) -> Generator:
@@ -522,7 +540,9 @@ def pearl(ctx: BuildContext, s: Settings) -> Generator:
         gamma = pearl_lib.measure_gamma(ctx.target_cfg, ctx.target_params, dcfg, dparams)
     elif isinstance(gamma, str):
         raise ValueError(f"pearl's gamma must be an int or 'auto', got {gamma!r}")
-    verifier = chain_verifier(ctx.sampling)
+    chain = DraftModel.chain(DecoderLM(dcfg), int(gamma))  # what `pearl_generate` drafts with
+    verifier = verifier_for(ctx.sampling, chain)
+    laws.check_composition(chain, verifier)
 
     def fn(ids):
         g = pearl_lib.pearl_generate(
@@ -540,26 +560,25 @@ def pld(ctx: BuildContext, s: Settings) -> Speculative:
     from specjax.drafters.prompt_lookup import PromptLookup
 
     d = PromptLookup(ctx.target_cfg.vocab_size, **s.of(PromptLookup))
-    return _speculative(f"pld(k={d.num_drafts})", d, chain_verifier(ctx.sampling))
+    return _speculative(f"pld(k={d.num_drafts})", d, verifier_for(ctx.sampling, d))
 
 
 def token_recycling(ctx: BuildContext, s: Settings) -> Speculative:
     """Token Recycling: template "tr80" or branching "4.2.1"."""
-    from specjax.drafters.token_recycling import TokenRecycling, deterministic_tree
+    from specjax.drafters.token_recycling import TokenRecycling
 
     d = TokenRecycling(ctx.target_cfg.vocab_size, **s.of(TokenRecycling))
-    verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
-    return _speculative(f"token_recycling({settings.show(d.template)})", d, verifier)
+    return _speculative(f"token_recycling({settings.show(d.template)})", d,
+                        verifier_for(ctx.sampling, d))
 
 
 def aded(ctx: BuildContext, s: Settings) -> Speculative:
     """ADED: template "tr80" or branching "4.2.1", c_puct the PUCT exploration constant."""
     from specjax.drafters.aded import Aded
-    from specjax.drafters.token_recycling import deterministic_tree
 
     d = Aded(ctx.target_cfg.vocab_size, **s.of(Aded))
-    verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
-    return _speculative(f"aded({settings.show(d.template)},c={d.c_puct:g})", d, verifier)
+    return _speculative(f"aded({settings.show(d.template)},c={d.c_puct:g})", d,
+                        verifier_for(ctx.sampling, d))
 
 
 def kangaroo(ctx: BuildContext, s: Settings) -> Speculative:
@@ -572,7 +591,7 @@ def kangaroo(ctx: BuildContext, s: Settings) -> Speculative:
     if kw["exit_layer"] is None:
         raise ValueError("kangaroo needs exit_layer (or self_layers): kangaroo/exit_layer=L")
     d = Kangaroo(ctx.target_cfg, **kw)
-    return _speculative(f"kangaroo(l={d.exit_layer})", d, chain_verifier(ctx.sampling),
+    return _speculative(f"kangaroo(l={d.exit_layer})", d, verifier_for(ctx.sampling, d),
                         ctx.target_params)
 
 
@@ -583,7 +602,7 @@ def swift(ctx: BuildContext, s: Settings) -> Speculative:
 
     d = Swift(ctx.target_cfg, **s.of(Swift), seed=ctx.seed)
     return _speculative(f"swift(r={d.skip_ratio},{d.granularity})", d,
-                        chain_verifier(ctx.sampling), ctx.target_params)
+                        verifier_for(ctx.sampling, d), ctx.target_params)
 
 
 def bigram(ctx: BuildContext, s: Settings) -> Speculative:
@@ -591,7 +610,7 @@ def bigram(ctx: BuildContext, s: Settings) -> Speculative:
     from specjax.drafters.bigram import Bigram
 
     d = Bigram(ctx.target_cfg.vocab_size, **s.of(Bigram))
-    return _speculative(f"bigram(k={d.num_drafts})", d, chain_verifier(ctx.sampling))
+    return _speculative(f"bigram(k={d.num_drafts})", d, verifier_for(ctx.sampling, d))
 
 
 def max_gram(ctx: BuildContext, s: Settings) -> Speculative:
@@ -600,7 +619,7 @@ def max_gram(ctx: BuildContext, s: Settings) -> Speculative:
     from specjax.drafters.max_gram import MaxGram
 
     d = MaxGram(ctx.target_cfg.vocab_size, **s.of(MaxGram))
-    return _speculative(f"max_gram(k={d.num_drafts})", d, chain_verifier(ctx.sampling))
+    return _speculative(f"max_gram(k={d.num_drafts})", d, verifier_for(ctx.sampling, d))
 
 
 def cs_drafting(ctx: BuildContext, s: Settings) -> Speculative:
@@ -620,7 +639,7 @@ def cs_drafting(ctx: BuildContext, s: Settings) -> Speculative:
     kw = s.of(cascade.cs_drafting)
     d = cascade.cs_drafting(DecoderLM(dcfg), **kw, bottom=bottom)
     return _speculative(f"cs_drafting({kw['model_positions']}+{kw['bigram_positions']},{kind})",
-                        d, chain_verifier(ctx.sampling), (dparams, None))
+                        d, verifier_for(ctx.sampling, d), (dparams, None))
 
 
 def _datastore(ctx: BuildContext, s: Settings):
@@ -635,11 +654,10 @@ def _datastore(ctx: BuildContext, s: Settings):
 def retrieval(ctx: BuildContext, s: Settings) -> Speculative:
     """REST retrieval drafts from datastore=PATH."""
     from specjax.drafters.retrieval import Retrieval
-    from specjax.drafters.token_recycling import deterministic_tree
 
     d = Retrieval(ctx.target_cfg.vocab_size, **s.of(Retrieval))
-    verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
-    return _speculative(f"retrieval(N={d.num_nodes})", d, verifier, _datastore(ctx, s))
+    return _speculative(f"retrieval(N={d.num_nodes})", d, verifier_for(ctx.sampling, d),
+                        _datastore(ctx, s))
 
 
 def rasd(ctx: BuildContext, s: Settings) -> Speculative:
@@ -647,14 +665,12 @@ def rasd(ctx: BuildContext, s: Settings) -> Speculative:
     `Retrieval` fields), fused (num_nodes, prune_topk); datastore=PATH."""
     from specjax.drafters.rasd import RASD, rasd_params
     from specjax.drafters.retrieval import Retrieval
-    from specjax.drafters.token_recycling import deterministic_tree
 
     dcfg, dparams = _draft(ctx, s)
     parents = tuple(trees.template_topology(list(s["tree"])).tolist())
     d = RASD(DraftModel(DecoderLM(dcfg), parents, "topk"),
              Retrieval(ctx.target_cfg.vocab_size, **s.of(Retrieval)), **s.of(RASD))
-    verifier = verify.greedy if ctx.sampling.greedy else deterministic_tree(d.max_children)
-    return _speculative(f"rasd(N={d.num_nodes})", d, verifier,
+    return _speculative(f"rasd(N={d.num_nodes})", d, verifier_for(ctx.sampling, d),
                         rasd_params(dparams, _datastore(ctx, s)))
 
 

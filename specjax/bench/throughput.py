@@ -22,7 +22,7 @@ Methods are registry specs (`specjax.bench.registry.parse` syntax):
 [/widths=1.2.3][/step_costs=1;1.2;...]`. The registry's builders wrap a
 single prompt (`Generator.fn(ids)`), so the batched calls are made here with
 `decode.speculative_generate` on the same drafter (`DraftModel.chain` of the
-context's draft model), verifier (`registry.chain_verifier`) and policy
+context's draft model), verifier (`registry.verifier_for`) and policy
 (`registry.length_policy`) objects the registry builds. One difference is
 deliberate: SmartSpec's step costs are measured at the batch size being run
 (the registry measures them at batch 1 only).
@@ -187,7 +187,7 @@ def build_method(spec: str, ctx: registry.BuildContext, batch: int,
     costs = policy.step_costs if isinstance(policy, policies.Goodput) else None
     dcfg, dparams = ctx.draft()
     drafter = DraftModel.chain(DecoderLM(dcfg), k, pend)
-    method = decode.Method(drafter=drafter, verifier=registry.chain_verifier(ctx.sampling),
+    method = decode.Method(drafter=drafter, verifier=registry.verifier_for(ctx.sampling, drafter),
                            policy=policy,
                            widths=(registry.with_node_count(s["widths"], drafter.num_nodes)
                                    if policy else None))

@@ -57,8 +57,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import decode, trees, verify
-from specjax.decode import GenerateOutput, SpecGeneration, append_tokens
+from specjax import trees, verify
+from specjax.decode import host
+from specjax.decode import state as state_lib
+from specjax.decode.speculative import SpecGeneration
+from specjax.decode.state import DecodeState, GenerateOutput, append_tokens
+from specjax.drafters.base import Prompt, TargetOutputs
 from specjax.drafters.draft_model import DraftModel
 from specjax.models import decoder
 from specjax.models.config import ModelConfig
@@ -230,67 +234,89 @@ def _both_split(axis: str):
     return both
 
 
+@flax.struct.dataclass
+class PearlWindow:
+    """PEARL's own loop state (`DecodeState.extra`)."""
+
+    vmode: jax.Array  # bool[B] verify mode: the row has G-1 pending drafts after the root
+    pend: jax.Array  # int32[B, G-1] pending drafts
+    pend_q: jax.Array  # f32[B, G-1, V] their draft laws
+
+
+@flax.struct.dataclass
+class PearlCounters:
+    """PEARL's statistics (`DecodeState.counters`)."""
+
+    hist: jax.Array  # int32[B, G+1] steps that committed exactly k+1 tokens
+    vsteps: jax.Array  # int32[B] steps in verify mode
+
+
 def _pearl(target_params, draft_params, tokens, lengths, key, *, target, drafter, verifier,
            max_new_tokens, sampling, eos_ids, max_len, both):
     """Prefill + ONE `lax.while_loop` of PEARL steps; `both` runs the step's
     target half and draft half (`_both_here` or `_both_split`)."""
     B, G = tokens.shape[0], drafter.num_nodes - 1
     rows = jnp.arange(B)
-    start = decode.start_loop(target, target_params, tokens, lengths, key, sampling, eos_ids,
-                          max_new_tokens, max_len)
+    init, _ = state_lib.start(target, target_params, tokens, lengths, key, sampling, eos_ids,
+                              max_new_tokens, max_len)
 
-    def body(c):
-        active = ~c["done"]
-        vmode = c["vmode"]
-        key, k_draft, k_verify = jax.random.split(c["key"], 3)
+    def body(s: DecodeState) -> DecodeState:
+        active = ~s.done
+        w = s.extra
+        vmode = w.vmode
+        key, k_draft, k_verify = jax.random.split(s.key, 3)
 
         # the two data-independent halves of the step:
         # target: pre-verify (root only) unless some row is in verify mode
         def target_fn():
-            return target_window(target, target_params, c["cache"], c["last"], c["pend"],
+            return target_window(target, target_params, s.cache, s.last, w.pend,
                                  jnp.any(vmode & active))  # logits [B, G, V], KV of G slots
 
         # draft: G tokens after the window's last token (the root in draft mode)
         def draft_fn(dstate):
-            root = jnp.where(vmode, c["pend"][:, -1], c["last"])
+            root = jnp.where(vmode, w.pend[:, -1], s.last)
             prop = drafter.propose(draft_params, dstate, root, k_draft, sampling)
             return (prop.tree.tokens, prop.draft_probs), prop.state  # [B, G+1], [B, G+1, V]
 
-        (t_logits, kv), ((d_tokens, d_q), dstate) = both(target_fn, draft_fn, c["dstate"])
+        (t_logits, kv), ((d_tokens, d_q), dstate) = both(target_fn, draft_fn, s.drafter)
         t_probs = jnp.exp(process_logits(t_logits, sampling))
-        tree, new_idx = verify_chain(c["last"], c["pend"], d_tokens[:, 1], vmode)
+        tree, new_idx = verify_chain(s.last, w.pend, d_tokens[:, 1], vmode)
         p = jnp.concatenate([t_probs, t_probs[:, -1:]], axis=1)  # [B, G+1, V]; row G unused
-        q = chain_laws(c["pend_q"], d_q[:, 0], new_idx)
+        q = chain_laws(w.pend_q, d_q[:, 0], new_idx)
         res = verifier(k_verify, tree, p, q)
         a = res.num_accepted
         full = a == new_idx  # the new draft accepted too: it becomes the root, no correction
         n_new = jnp.where(full, a, a + 1) * active  # tokens committed == target KV slots kept
         new = tree.tokens[:, 1:].at[rows, jnp.where(full, G, a)].set(res.next_token, mode="drop")
-        out, num, finished = append_tokens(c["out"], c["num"], new, n_new, eos_ids,
-                                           max_new_tokens)
-        cache = target.commit(c["cache"], kv, res.path[:, :G], n_new)
+        out, num, finished = append_tokens(s.out, s.num, new, n_new, eos_ids, max_new_tokens)
+        cache = target.commit(s.cache, kv, res.path[:, :G], n_new)
         dlen = target.cache_length(cache) + jnp.where(full, G - 1, 0)
         dstate = dstate.replace(cache=_with_length(dstate.cache, dlen))
-        return dict(
-            cache=cache, dstate=dstate, key=key, out=out, num=num,
+        act = active.astype(jnp.int32)
+        return s.replace(
+            cache=cache, drafter=dstate, key=key, out=out, num=num,
             last=jnp.where(full, tree.tokens[rows, new_idx], res.next_token),
-            vmode=full, pend=d_tokens[:, 2:], pend_q=d_q[:, 1:G],
-            done=c["done"] | finished,
-            calls=c["calls"] + active.astype(jnp.int32),
-            hist=c["hist"] + (jax.nn.one_hot(n_new - 1, G + 1, dtype=jnp.int32)
-                              * active[:, None].astype(jnp.int32)),
-            vsteps=c["vsteps"] + (vmode & active).astype(jnp.int32),
-            nan=c["nan"] | (active & jnp.isnan(t_logits).any(axis=(1, 2))),
+            extra=PearlWindow(vmode=full, pend=d_tokens[:, 2:], pend_q=d_q[:, 1:G]),
+            done=s.done | finished, calls=s.calls + act,
+            counters=PearlCounters(
+                hist=s.counters.hist + jax.nn.one_hot(n_new - 1, G + 1, dtype=jnp.int32)
+                * act[:, None],
+                vsteps=s.counters.vsteps + (vmode & active).astype(jnp.int32)),
+            nan=s.nan | (active & jnp.isnan(t_logits).any(axis=(1, 2))),
         )
 
     V = target.vocab_size
-    init = dict(start, dstate=drafter.init(draft_params, tokens, lengths, max_len),
-                vmode=jnp.zeros((B,), bool), pend=jnp.zeros((B, G - 1), jnp.int32),
-                pend_q=jnp.zeros((B, G - 1, V), jnp.float32),
-                hist=jnp.zeros((B, G + 1), jnp.int32), vsteps=jnp.zeros((B,), jnp.int32))
-    c = jax.lax.while_loop(decode.loop_running, body, init)
-    return decode.loop_output(c), PearlStats(target_calls=c["calls"], steps=c["calls"] - 1,
-                                         accept_hist=c["hist"], verify_steps=c["vsteps"])
+    prompt = Prompt(tokens=tokens, lengths=lengths, max_len=max_len)
+    init = init.replace(
+        drafter=drafter.init(draft_params, prompt, TargetOutputs(cache=init.cache)),
+        extra=PearlWindow(vmode=jnp.zeros((B,), bool), pend=jnp.zeros((B, G - 1), jnp.int32),
+                          pend_q=jnp.zeros((B, G - 1, V), jnp.float32)),
+        counters=PearlCounters(hist=jnp.zeros((B, G + 1), jnp.int32),
+                               vsteps=jnp.zeros((B,), jnp.int32)))
+    s = jax.lax.while_loop(state_lib.running, body, init)
+    return state_lib.output(s), PearlStats(target_calls=s.calls, steps=s.calls - 1,
+                                           accept_hist=s.counters.hist,
+                                           verify_steps=s.counters.vsteps)
 
 
 _STATIC = ("target", "drafter", "verifier", "max_new_tokens", "sampling", "eos_ids", "max_len")
@@ -412,6 +438,7 @@ def pearl_generate(
             f"({target.vocab_size}); the draft must share the target's tokenizer")
     if verifier is None:
         verifier = verify.greedy if sampling.greedy else verify.chain_sampling
+    verify.laws.check_sampling(verifier, sampling)
     if isinstance(verifier, verify.TreeVerifier):
         raise ValueError("PEARL verifies one chain per step; use verify.greedy or "
                          "verify.chain_sampling, not a tree verifier")
@@ -419,14 +446,14 @@ def pearl_generate(
         raise ValueError(f"mesh must have one axis of 2 devices (target, draft); got axes "
                          f"{mesh.axis_names} with shape {mesh.devices.shape}")
     drafter = DraftModel.chain(draft, int(gamma))
-    tokens, lengths, max_len = decode.prepare_prompts(target, prompts, max_new_tokens, max_len,
+    tokens, lengths, max_len = host.prepare_prompts(target, prompts, max_new_tokens, max_len,
                                                extra=2 * int(gamma))
     loop = pearl_loop if mesh is None else functools.partial(pearl_loop_mesh, mesh=mesh)
     gen, stats = loop(
         target_params, draft_params, tokens, lengths, jax.random.key(0) if key is None else key,
         target=target, drafter=drafter, verifier=verifier, max_new_tokens=max_new_tokens,
         sampling=sampling, eos_ids=tuple(int(e) for e in eos_ids), max_len=max_len)
-    base = decode.to_generation(gen)
+    base = host.to_generation(gen)
     return PearlGeneration(tokens=base.tokens, target_calls=base.target_calls,
                            steps=np.asarray(stats.steps), accept_hist=np.asarray(stats.accept_hist),
                            gamma=int(gamma), verify_steps=np.asarray(stats.verify_steps))

@@ -1,7 +1,7 @@
 """Drafters: what proposes the tokens a target model verifies.
 
-Every drafter implements the protocol of `drafters.base` (`init`, `draft`,
-`update`) and composes with any length/tree policy and verifier in a
+Every drafter subclasses `drafters.base.DrafterBase` (`init`, `propose`,
+`update`; `num_nodes`, `vocab_size`, `draft_law`, `target_features`) and composes with any length/tree policy and verifier in a
 `specjax.Method`. One file per method, each citing its paper:
 
   PromptLookup      prompt lookup decoding (n-grams of the context)
@@ -22,7 +22,14 @@ Every drafter implements the protocol of `drafters.base` (`init`, `draft`,
 """
 
 from specjax.drafters.aded import Aded
-from specjax.drafters.base import Drafter, Proposal
+from specjax.drafters.base import (
+    Drafter,
+    DrafterBase,
+    Prompt,
+    Proposal,
+    TargetFeatures,
+    TargetOutputs,
+)
 from specjax.drafters.bigram import Bigram
 from specjax.drafters.cascade import Cascade, cs_drafting
 from specjax.drafters.datastore import Datastore, build_datastore, load_datastore
@@ -38,7 +45,8 @@ from specjax.drafters.swift import Swift
 from specjax.drafters.token_recycling import TokenRecycling
 
 __all__ = [
-    "RASD", "Aded", "Bigram", "Cascade", "Datastore", "DraftModel", "Drafter", "DySpec",
-    "Kangaroo", "MaxGram", "PromptLookup", "Proposal", "Retrieval", "StochasticBeam", "Swift",
-    "TokenRecycling", "build_datastore", "cs_drafting", "load_datastore",
+    "RASD", "Aded", "Bigram", "Cascade", "Datastore", "DraftModel", "Drafter", "DrafterBase",
+    "DySpec", "Kangaroo", "MaxGram", "Prompt", "PromptLookup", "Proposal", "Retrieval",
+    "StochasticBeam", "Swift", "TargetFeatures", "TargetOutputs", "TokenRecycling",
+    "build_datastore", "cs_drafting", "load_datastore",
 ]

@@ -87,7 +87,7 @@ state, which depends only on past steps: the draft law is a point mass.
 `token_recycling.first_child_point_mass`):
   - temperature 0: `verify.greedy` (q unused): token-identical to greedy
     decoding.
-  - any temperature: `token_recycling.deterministic_tree()` (sample t ~ p,
+  - any temperature: `verify.deterministic_tree()` (sample t ~ p,
     follow the child with token t): output law exactly p, acceptance
     sum of p over the children (optimal for a fixed candidate set).
   - chain templates (branching 1 at every depth): `verify.chain_sampling`
@@ -112,9 +112,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal, TemplateTree, check_vocab
+from specjax.drafters.base import Prompt, Proposal, TargetOutputs, TemplateTree, check_vocab
 from specjax.drafters.token_recycling import first_child_point_mass
 from specjax.sampling import Sampling
+from specjax.verify import laws
 
 # Multiplicative hashing constants (Knuth / murmur-style finaliser), uint32.
 _HASH_A = 0x9E3779B1
@@ -413,6 +414,8 @@ class Aded(TemplateTree):
     c_puct: float = 0.5
     max_nodes: int | None = None
 
+    draft_law = laws.DETERMINISTIC_TREE  # q one-hot at each first child
+
     def __post_init__(self):
         object.__setattr__(self, "c_puct", float(self.c_puct))
         if self.vocab_size < 1:
@@ -470,9 +473,10 @@ class Aded(TemplateTree):
                 f"warm ADED tables must be NgramTables of batch 1 with (slots, k, vocab_size) = "
                 f"{want}, got batch {tables.keys.shape[0]} and {got}")
 
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
         """Cold (params None) or warm (params = `index_corpus` tables) start;
         the prompts are indexed on top."""
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         del max_len
         b = tokens.shape[0]
         if params is None:
@@ -486,16 +490,16 @@ class Aded(TemplateTree):
         return AdedState(tables=tables, prev2=prev2, prev1=prev1,
                          drafted=jnp.full((b, self.num_nodes), -1, jnp.int32))
 
-    def propose(self, params, state: AdedState, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: AdedState, root, key, sampling: Sampling, expand=None) -> Proposal:
         del params, key, sampling
         parent, rank = self._topology
         tree, source = fill_tree(state.tables, state.prev1, root, parent, rank, self.c_puct)
         q = first_child_point_mass(tree, self.vocab_size)
         return Proposal(tree=tree, draft_probs=q, state=state.replace(drafted=source))
 
-    def update(self, params, state: AdedState, tree, result, target_logits):
+    def update(self, params, state: AdedState, tree, result, target: TargetOutputs):
         del params
-        check_vocab(target_logits, self.vocab_size, "Aded")
+        check_vocab(target, self.vocab_size, "Aded")
         tables = record_visits(state.tables, tree, result.accepted, state.drafted)
         path_tokens = jnp.take_along_axis(tree.tokens, result.path, axis=1)  # [B, N], root first
         tables, prev2, prev1 = commit_tokens(tables, state.prev2, state.prev1,

@@ -1,34 +1,44 @@
-"""The drafter protocol: how every drafter plugs into the speculative loop.
+"""The drafter contract: how every drafter plugs into the speculative loop.
 
 A drafter is a static, hashable object (a jit static argument) holding only
 hyperparameters. Everything that changes lives in a state pytree that the loop
 carries, and any weights live in a separate `params` pytree (None for
 model-free drafters). All three methods are pure and jittable:
 
-    state = drafter.init(params, tokens, lengths, max_len)
-        tokens int32[B, P] right-padded prompts, lengths int32[B]. Called
-        once after the target's prefill.
-    proposal = drafter.propose(params, state, root, key, sampling)
+    state = drafter.init(params, prompt, target)
+        prompt: `Prompt` (tokens int32[B, P] right-padded, lengths int32[B],
+        max_len static cache slots). target: `TargetOutputs` of the target's
+        prefill (hidden states over the prompt and the prefilled cache when
+        the drafter asks for them). Called once after the target's prefill.
+    proposal = drafter.propose(params, state, root, key, sampling, expand=None)
         root int32[B] is the last committed token (not yet in any cache).
         Returns a `Proposal`: a padded `Tree` whose node 0 is `root`, the
         processed draft distributions q [B, N, V] (row i = the law the
         children of node i were drawn from; unused rows may be anything), and
-        the drafter state after drafting.
-    state = drafter.update(params, state, tree, result, target_logits)
-        called after verification with the `VerifyResult` and the target's
-        raw logits at every tree node [B, N, V] (Token Recycling-style
-        drafters learn from them).
+        the drafter state after drafting. `expand` (from a policy, see
+        `specjax.policies.base`) is an optional causal rule `(tree, q) ->
+        bool[B, N]` saying which nodes' children may be kept; drafters that
+        can skip work with it do (`DraftModel`), the others ignore it.
+    state = drafter.update(params, state, tree, result, target)
+        called after verification with the `VerifyResult` and the
+        `TargetOutputs` of the verification forward: the target's raw logits
+        at every tree node [B, N, V] (Token Recycling-style drafters learn
+        from them) and whatever else the drafter asked for.
 
-`num_nodes` (N, root included) is static so the loop can size its buffers.
+Every drafter declares, statically:
+  num_nodes        N, root included, so the loop can size its buffers;
+  vocab_size       V of its draft laws (must equal the target's);
+  draft_law        how its drafts relate to the q it reports
+                   (`specjax.verify.laws`), which decides the verifiers it
+                   composes with losslessly;
+  target_features  a `TargetFeatures`: which of the target's hidden states
+                   it reads (default: none, so the target's forward returns
+                   none and pays nothing for them).
 
-Optional: a drafter that keeps a copy of the target's keys/values
-(self-speculation, `drafters.self_spec`) sets the class attribute
-`wants_target_kv = True`; the loop then also passes
-`init(..., max_len, target_cache=<the target's prefilled KVCache>)` and
-`update(..., target_logits, target_kv=<the verification forward's KVBlock
-[L, B, N, K, H]>)`. Other drafters are called exactly as above.
+`DrafterBase` provides the defaults (no target features); a new drafter is
+one file: a frozen dataclass subclassing it.
 
-Two helpers of that contract shared by the drafters: `chain_point_mass`, the
+Two helpers of the contract shared by the drafters: `chain_point_mass`, the
 `draft_probs` of a deterministic chain (a point mass on each draft, which is
 what makes a sampling verifier lossless for drafts that were not sampled),
 and `check_vocab`, which `update` uses to refuse a target whose vocabulary
@@ -37,8 +47,9 @@ differs from the one the drafter was built for.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Protocol
+from typing import Any, Callable, ClassVar, Optional
 
 import flax.struct
 import jax
@@ -55,16 +66,88 @@ class Proposal:
     state: Any
 
 
-class Drafter(Protocol):
-    @property
-    def num_nodes(self) -> int: ...
+@flax.struct.dataclass
+class Prompt:
+    """The prompts a generation starts from."""
 
-    def init(self, params, tokens: jax.Array, lengths: jax.Array, max_len: int) -> Any: ...
+    tokens: jax.Array  # int32[B, P] right-padded prompt tokens
+    lengths: jax.Array  # int32[B] real prompt lengths (>= 1)
+    max_len: int = flax.struct.field(pytree_node=False)  # static cache slots per row
 
-    def propose(self, params, state, root: jax.Array, key: jax.Array,
-                sampling: Sampling) -> Proposal: ...
 
-    def update(self, params, state, tree, result, target_logits: jax.Array) -> Any: ...
+@dataclasses.dataclass(frozen=True)
+class TargetFeatures:
+    """What a drafter reads from the target's forwards (static).
+
+    Attributes:
+      hidden: the last hidden state (after the final norm: the LM head's
+        input), as Medusa, Hydra, EAGLE and the MLP speculator read it.
+      layers: residual streams after these layers (0-based, -1 = the
+        embeddings), e.g. EAGLE-3's low/middle/high features.
+
+    The target's logits at the tree nodes, the verification forward's
+    keys/values and, at `init`, the prefilled target cache are always
+    handed over (they are computed anyway).
+    """
+
+    hidden: bool = False
+    layers: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+
+    def __or__(self, other: "TargetFeatures") -> "TargetFeatures":
+        return TargetFeatures(self.hidden or other.hidden,
+                              tuple(sorted({*self.layers, *other.layers})))
+
+
+NO_FEATURES = TargetFeatures()
+
+
+@flax.struct.dataclass
+class TargetOutputs:
+    """What the target computed, handed to `init` (prefill) and `update` (verification).
+
+    `hidden` and `layers` are None unless the drafter asked for them
+    (`TargetFeatures`); `kv` is None at `init`, `cache` at `update`. At `init`
+    T = P (every prompt position; position lengths[b] - 1 is row b's last)
+    and `logits` is None (the prefill computes only the last position's);
+    at `update` T = N (the tree's nodes in drafted order; nodes the step did
+    not verify hold zeros).
+    """
+
+    logits: Optional[jax.Array] = None  # f32[B, T, V] raw target logits
+    hidden: Optional[jax.Array] = None  # [B, T, D] last hidden state (after the final norm)
+    layers: Optional[jax.Array] = None  # [J, B, T, D] residual after TargetFeatures.layers
+    kv: Any = None  # KVBlock [L, B, T, K, H] of the verification forward (update)
+    cache: Any = None  # the target's cache after the prefill (init)
+
+
+class DrafterBase:
+    """Defaults of the drafter contract; drafters are frozen dataclasses subclassing it.
+
+    Subclasses define `num_nodes`, `vocab_size`, `draft_law`, `init`,
+    `propose` and `update` (see the module docstring).
+    """
+
+    target_features: ClassVar[TargetFeatures] = NO_FEATURES
+
+    num_nodes: int
+    vocab_size: int
+    draft_law: str
+
+    def init(self, params, prompt: Prompt, target: TargetOutputs) -> Any:
+        raise NotImplementedError
+
+    def propose(self, params, state, root: jax.Array, key: jax.Array, sampling: Sampling,
+                expand: Optional[Callable] = None) -> Proposal:
+        raise NotImplementedError
+
+    def update(self, params, state, tree, result, target: TargetOutputs) -> Any:
+        raise NotImplementedError
+
+
+Drafter = DrafterBase  # the type drafters are annotated with
 
 
 def chain_point_mass(drafts: jax.Array, count: jax.Array, vocab_size: int) -> jax.Array:
@@ -83,8 +166,9 @@ def chain_point_mass(drafts: jax.Array, count: jax.Array, vocab_size: int) -> ja
     return jnp.concatenate([q, jnp.zeros((b, 1, vocab_size), jnp.float32)], axis=1)
 
 
-def check_vocab(target_logits: jax.Array, vocab_size: int, who: str) -> None:
+def check_vocab(target: TargetOutputs, vocab_size: int, who: str) -> None:
     """Raises ValueError (at trace time) if the target's vocabulary differs."""
+    target_logits = target.logits
     if target_logits.shape[-1] != vocab_size:
         raise ValueError(
             f"{who} was built for a vocabulary of {vocab_size} tokens but the target has "
@@ -92,7 +176,7 @@ def check_vocab(target_logits: jax.Array, vocab_size: int, who: str) -> None:
         )
 
 
-class TemplateTree:
+class TemplateTree(DrafterBase):
     """Mixin of drafters that fill a static template tree (Token Recycling, ADED).
 
     The dataclass using it has fields `template` (a `trees.template_ranks`

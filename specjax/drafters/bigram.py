@@ -57,8 +57,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal, chain_point_mass, check_vocab
+from specjax.drafters.base import DrafterBase, Prompt, Proposal, TargetOutputs, chain_point_mass, check_vocab
 from specjax.sampling import Sampling
+from specjax.verify import laws
 
 
 @flax.struct.dataclass
@@ -170,7 +171,7 @@ def most_likely_chain(table: BigramTable, start: jax.Array, length: int) -> tupl
 
 
 @dataclasses.dataclass(frozen=True)
-class Bigram:
+class Bigram(DrafterBase):
     """Bigram drafter: a chain of the most frequent successors (see module docstring).
 
     Attributes:
@@ -185,6 +186,8 @@ class Bigram:
     num_drafts: int = 4
     k: int = 4
     max_nodes: int | None = None
+
+    draft_law = laws.POINT_MASS  # deterministic chain, q one-hot at each draft
 
     def __post_init__(self):
         if self.vocab_size < 1:
@@ -224,9 +227,10 @@ class Bigram:
             jnp.asarray([max(seq.shape[1] - 1, 0)], jnp.int32))
         return jax.tree.map(lambda x: x[0], table)
 
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
         """Cold start (params None) or warm start (params = a [V, k] `BigramTable`),
         then the pairs of each prompt are observed."""
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         del max_len
         b = tokens.shape[0]
         if params is None:
@@ -243,16 +247,16 @@ class Bigram:
         last = jnp.take_along_axis(tokens, (lengths - 1)[:, None], axis=1)[:, 0]
         return BigramState(table=table, last=last.astype(jnp.int32))
 
-    def propose(self, params, state: BigramState, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: BigramState, root, key, sampling: Sampling, expand=None) -> Proposal:
         del params, key, sampling
         drafts, count = most_likely_chain(state.table, root, self.num_drafts)
         tree = trees.chain(root, drafts, num_valid=count)
         return Proposal(tree=tree, draft_probs=chain_point_mass(drafts, count, self.vocab_size),
                         state=state)
 
-    def update(self, params, state: BigramState, tree, result, target_logits):
+    def update(self, params, state: BigramState, tree, result, target: TargetOutputs):
         del params
-        check_vocab(target_logits, self.vocab_size, "Bigram")
+        check_vocab(target, self.vocab_size, "Bigram")
         return commit(state, tree, result)
 
     def extend_chain(self, state: BigramState, tokens, node, length: int):

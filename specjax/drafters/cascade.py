@@ -78,10 +78,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees, verify
-from specjax.drafters.base import Proposal, chain_point_mass, check_vocab
+from specjax.drafters.base import DrafterBase, Prompt, Proposal, TargetOutputs, chain_point_mass, check_vocab
 from specjax.drafters.bigram import Bigram
 from specjax.models import decoder
 from specjax.sampling import Sampling, process_logits, sample
+from specjax.verify import laws
 
 
 @runtime_checkable
@@ -98,9 +99,9 @@ class StatisticalStage(Protocol):
 
     vocab_size: int
 
-    def init(self, params, tokens, lengths, max_len): ...
+    def init(self, params, prompt: Prompt, target: TargetOutputs): ...
 
-    def update(self, params, state, tree, result, target_logits): ...
+    def update(self, params, state, tree, result, target: TargetOutputs): ...
 
     def extend_chain(self, state, tokens, node, length: int): ...
 
@@ -318,7 +319,7 @@ def vertical_fill(model, params, st: ModelState, helper, helper_state, tokens, q
 
 
 @dataclasses.dataclass(frozen=True)
-class Cascade:
+class Cascade(DrafterBase):
     """A chain drafted by a list of (drafter, positions) stages (see module docstring).
 
     Attributes:
@@ -330,6 +331,8 @@ class Cascade:
 
     stages: tuple
     max_nodes: int | None = None
+
+    draft_law = laws.IID  # a chain, each token drawn from the q it reports
 
     def __post_init__(self):
         try:
@@ -409,13 +412,14 @@ class Cascade:
         return tuple(params)
 
     # -- protocol -----------------------------------------------------------
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         params = self._check_params(params)
         b = tokens.shape[0]
         states = []
         for i, (c, p) in enumerate(zip(self.components, params)):
             if _is_statistical(c):
-                states.append(c.init(p, tokens, lengths, max_len))
+                states.append(c.init(p, prompt, target))
                 continue
             cache = c.init_cache(b, max_len)
             _, cache = c.prefill(p, tokens, lengths, cache)
@@ -425,7 +429,7 @@ class Cascade:
                                      num_pending=zeros, forwards=zeros))
         return tuple(states)
 
-    def propose(self, params, state, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state, root, key, sampling: Sampling, expand=None) -> Proposal:
         params = self._check_params(params)
         comps, states = self.components, list(state)
         b, n, vocab = root.shape[0], self.num_nodes, self.vocab_size
@@ -474,15 +478,15 @@ class Cascade:
                           valid=valid)
         return Proposal(tree=tree, draft_probs=q, state=tuple(states))
 
-    def update(self, params, state, tree, result, target_logits):
-        check_vocab(target_logits, self.vocab_size, "Cascade")
+    def update(self, params, state, tree, result, target: TargetOutputs):
+        check_vocab(target, self.vocab_size, "Cascade")
         params = self._check_params(params)
         states = []
         n = result.num_accepted
         path_tokens = jnp.take_along_axis(tree.tokens, result.path, axis=1)  # [B, N]
         for i, (c, p, st) in enumerate(zip(self.components, params, state)):
             if _is_statistical(c):
-                states.append(c.update(p, st, tree, result, target_logits))
+                states.append(c.update(p, st, tree, result, target))
                 continue
             seen = self.seen[i]
             base = c.cache_length(st.cache)

@@ -52,10 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees, verify
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import DrafterBase, Prompt, Proposal, TargetOutputs
 from specjax.models import decoder
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
+from specjax.verify import laws
 
 CHILD_RULES = ("iid", "without_replacement", "topk", "greedy_draft")
 
@@ -89,7 +90,7 @@ class DraftModelState(DraftCacheState):
 
 
 @dataclasses.dataclass(frozen=True)
-class DraftModel:
+class DraftModel(DrafterBase):
     """Drafter backed by an independent draft LM.
 
     Attributes:
@@ -107,6 +108,18 @@ class DraftModel:
     child_rule: str = "iid"
     max_pending: int = 1
 
+    @property
+    def draft_law(self) -> str:
+        """How the children relate to the reported q when sampling (`specjax.verify.laws`):
+        one sampled child per node is IID whatever the rule; "topk" children are
+        deterministic while q is the full draft law (TOPK)."""
+        if self.child_rule == "topk":
+            return laws.TOPK
+        if laws.is_chain(self.parents):
+            return laws.IID
+        return {"iid": laws.IID, "without_replacement": laws.WITHOUT_REPLACEMENT,
+                "greedy_draft": laws.GREEDY_DRAFT}[self.child_rule]
+
     def __post_init__(self):
         if self.child_rule not in CHILD_RULES:
             raise ValueError(f"unknown child_rule {self.child_rule!r}; valid: {CHILD_RULES}")
@@ -118,6 +131,10 @@ class DraftModel:
     def chain(cls, model: LanguageModel, k: int, max_pending: int = 1) -> "DraftModel":
         """K drafts in a chain."""
         return cls(model, tuple(trees.chain_topology(k).tolist()), "iid", max_pending)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
 
     @property
     def num_nodes(self) -> int:
@@ -133,7 +150,8 @@ class DraftModel:
         return anc & ~np.eye(len(self.parents), dtype=bool)
 
     # -- protocol -----------------------------------------------------------
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         s = initial_state(self.model, params, tokens, lengths, max_len, self.max_pending)
         return DraftModelState(cache=s.cache, pending=s.pending, num_pending=s.num_pending,
                                levels_run=jnp.zeros((), jnp.int32))
@@ -142,8 +160,6 @@ class DraftModel:
     # `specjax.policies.base`): a level's draft forward is skipped when no row
     # keeps a node of that level with room for children; when that is the
     # root's level, the pending tokens may stay queued (`max_pending`).
-    accepts_expand = True
-
     def propose(self, params, state: DraftModelState, root, key, sampling: Sampling,
                 expand=None) -> Proposal:
         """Drafts the tree level by level.
@@ -231,7 +247,7 @@ class DraftModel:
                 rank = np.where(rank == last, width - 1, rank)
         return ranked[:, par, rank].astype(jnp.int32)
 
-    def update(self, params, state: DraftModelState, tree, result, target_logits):
+    def update(self, params, state: DraftModelState, tree, result, target: TargetOutputs):
         depth = len(self._levels()) - 1  # nodes at this depth are never forwarded
         return commit_path(self.model, state, tree, result, depth, state.levels_run)
 

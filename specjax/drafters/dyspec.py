@@ -97,7 +97,7 @@ import jax
 import jax.numpy as jnp
 
 from specjax import trees
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import DrafterBase, Prompt, Proposal, TargetOutputs
 from specjax.drafters.draft_model import (
     DraftCacheState,
     initial_state,
@@ -106,6 +106,7 @@ from specjax.drafters.draft_model import (
 )
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
+from specjax.verify import laws
 
 NEG_INF = -jnp.inf
 
@@ -198,7 +199,7 @@ class _Grow:
 
 
 @dataclasses.dataclass(frozen=True)
-class DySpec:
+class DySpec(DrafterBase):
     """DySpec drafter: a per-row tree grown greedily with an independent draft LM.
 
     Attributes:
@@ -216,6 +217,8 @@ class DySpec:
     num_nodes: int = 16
     top_k: int = 8
     nodes_per_round: int = 4
+
+    draft_law = laws.WITHOUT_REPLACEMENT  # Gumbel-top-k children, see Lossless
 
     def __post_init__(self):
         for name in ("num_nodes", "top_k", "nodes_per_round"):
@@ -269,10 +272,15 @@ class DySpec:
         return sampled_candidates(jnp.exp(logq), gumbel, logpath, K)
 
     # -- protocol -----------------------------------------------------------
-    def init(self, params, tokens, lengths, max_len):
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
+
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         return initial_state(self.model, params, tokens, lengths, max_len)
 
-    def propose(self, params, state: DraftCacheState, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: DraftCacheState, root, key, sampling: Sampling, expand=None) -> Proposal:
         """Grows one tree per row: run the root, then rounds of select R + run them."""
         model, N, K, R = self.model, self.num_nodes, self.max_children, self.nodes_per_round
         B, V = root.shape[0], model.vocab_size
@@ -351,7 +359,7 @@ class DySpec:
         tree = trees.Tree(tokens=g.tokens, parent=g.parent, valid=g.valid)
         return Proposal(tree=tree, draft_probs=g.q, state=state.replace(cache=g.cache))
 
-    def update(self, params, state: DraftCacheState, tree, result, target_logits):
+    def update(self, params, state: DraftCacheState, tree, result, target: TargetOutputs):
         """Compacts the accepted path's draft keys/values; an accepted node of the
         last round (never run) becomes pending."""
         n = result.num_accepted  # [B]

@@ -21,9 +21,8 @@ runs the full target cannot do). Memory: l / L times the target's cache.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import Prompt, Proposal, TargetOutputs
 from specjax.drafters.self_spec import (
     SelfChain,
     SelfDraftState,
@@ -59,7 +58,6 @@ class Kangaroo(SelfChain):
         is below it (the paper: 0.6); 0 disables early exit.
     """
 
-    wants_target_kv: ClassVar[bool] = True
 
     cfg: ModelConfig
     exit_layer: int
@@ -76,17 +74,18 @@ class Kangaroo(SelfChain):
     def _shallow(self, params):
         return first_layers(self.cfg, params, self.exit_layer)
 
-    def init(self, params, tokens, lengths, max_len, target_cache: KVCache | None = None):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
         """State from the target's prefilled cache (or, without it, a prefill of
         the first l layers, which gives the same keys/values)."""
-        if target_cache is not None:
-            return SelfDraftState(cache=_cache_from_target(target_cache, self.exit_layer))
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
+        if target.cache is not None:
+            return SelfDraftState(cache=_cache_from_target(target.cache, self.exit_layer))
         cfg_l, params_l = self._shallow(params)
         lm = DecoderLM(cfg_l)
         _, cache = lm.prefill(params_l, tokens, lengths, lm.init_cache(tokens.shape[0], max_len))
         return SelfDraftState(cache=cache)
 
-    def propose(self, params, state: SelfDraftState, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: SelfDraftState, root, key, sampling: Sampling, expand=None) -> Proposal:
         cfg_l, params_l = self._shallow(params)
 
         def forward(tokens, positions, cache, mask):
@@ -97,6 +96,6 @@ class Kangaroo(SelfChain):
                                      self.threshold, self.vocab_size)
         return Proposal(tree=tree, draft_probs=q, state=SelfDraftState(cache=cache))
 
-    def update(self, params, state: SelfDraftState, tree, result, target_logits, target_kv=None):
-        kv = check_target_kv("Kangaroo", self.cfg, self.exit_layer, target_kv)
+    def update(self, params, state: SelfDraftState, tree, result, target: TargetOutputs):
+        kv = check_target_kv("Kangaroo", self.cfg, self.exit_layer, target.kv)
         return SelfDraftState(cache=commit_target_kv(state.cache, kv, result))

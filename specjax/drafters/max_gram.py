@@ -61,9 +61,10 @@ import jax.numpy as jnp
 
 from specjax import trees
 from specjax.drafters import bigram as bg
-from specjax.drafters.base import Proposal, chain_point_mass, check_vocab
+from specjax.drafters.base import DrafterBase, Prompt, Proposal, TargetOutputs, chain_point_mass, check_vocab
 from specjax.drafters.history import TokenHistory, append_path, init_history
 from specjax.sampling import Sampling
+from specjax.verify import laws
 
 
 @flax.struct.dataclass
@@ -161,7 +162,7 @@ def extend(text: jax.Array, length: jax.Array, table: bg.BigramTable, num: int, 
 
 
 @dataclasses.dataclass(frozen=True)
-class MaxGram:
+class MaxGram(DrafterBase):
     """Max-Gram drafter: chunks copied after the longest earlier match, bigram fallback.
 
     Attributes:
@@ -181,6 +182,8 @@ class MaxGram:
     k: int = 4
     earliest: bool = True
     max_nodes: int | None = None
+
+    draft_law = laws.POINT_MASS  # deterministic chain, q one-hot at each draft
 
     def __post_init__(self):
         bg.Bigram(self.vocab_size, num_drafts=self.num_drafts, k=self.k)  # checks V, K, k
@@ -208,10 +211,11 @@ class MaxGram:
         """A warm bigram table [V, k] fitted on a token sequence (the drafter's params)."""
         return self.bigram.fit(tokens)
 
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
         """params: None (cold bigram) or a warm `BigramTable` [V, k] (`fit`)."""
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         return MaxGramState(history=init_history(tokens, lengths, max(int(max_len), 2)),
-                            bigram=self.bigram.init(params, tokens, lengths, max_len))
+                            bigram=self.bigram.init(params, prompt, target))
 
     def extend_chain(self, state: MaxGramState, tokens, node, length: int):
         """Cascade stage protocol (`cascade.StatisticalStage`): `length` drafts after
@@ -235,7 +239,7 @@ class MaxGram:
         return extend(text, hist.length + node + 1, state.bigram.table, length, self.max_n,
                       self.earliest)
 
-    def propose(self, params, state: MaxGramState, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: MaxGramState, root, key, sampling: Sampling, expand=None) -> Proposal:
         del params, key, sampling
         drafts, count = self.extend_chain(state, root[:, None].astype(jnp.int32), 0,
                                           self.num_drafts)
@@ -243,8 +247,8 @@ class MaxGram:
         return Proposal(tree=tree, draft_probs=chain_point_mass(drafts, count, self.vocab_size),
                         state=state)
 
-    def update(self, params, state: MaxGramState, tree, result, target_logits):
+    def update(self, params, state: MaxGramState, tree, result, target: TargetOutputs):
         del params
-        check_vocab(target_logits, self.vocab_size, "MaxGram")
+        check_vocab(target, self.vocab_size, "MaxGram")
         return MaxGramState(history=append_path(state.history, tree, result),
                             bigram=bg.commit(state.bigram, tree, result))

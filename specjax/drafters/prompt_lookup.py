@@ -32,7 +32,7 @@ makes:
     temperature: a draft x is accepted with probability p(x) and a rejection
     samples from p with x removed, i.e. the output is exactly p and the
     acceptance probability p(x) is the best any verifier can do for a fixed
-    draft. `token_recycling.deterministic_tree()` gives the same law.
+    draft. `verify.deterministic_tree()` gives the same law.
 Passing any other q (e.g. a uniform "draft law") to a sampling verifier is NOT
 lossless; tests/drafters/test_prompt_lookup.py checks both by Monte Carlo.
 """
@@ -45,9 +45,10 @@ import jax
 import jax.numpy as jnp
 
 from specjax import trees
-from specjax.drafters.base import Proposal, chain_point_mass, check_vocab
+from specjax.drafters.base import DrafterBase, Prompt, Proposal, TargetOutputs, chain_point_mass, check_vocab
 from specjax.drafters.history import TokenHistory, append_path, init_history, push_root
 from specjax.sampling import Sampling
+from specjax.verify import laws
 
 
 def find_match(
@@ -125,7 +126,7 @@ def continuation(
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptLookup:
+class PromptLookup(DrafterBase):
     """Prompt lookup (n-gram) drafter: a chain of up to `num_drafts` copied tokens.
 
     Attributes:
@@ -148,6 +149,8 @@ class PromptLookup:
     periodic: bool = True
     max_nodes: int | None = None
 
+    draft_law = laws.POINT_MASS  # deterministic chain, q one-hot at each draft
+
     def __post_init__(self):
         if self.vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
@@ -166,11 +169,12 @@ class PromptLookup:
     def num_nodes(self) -> int:
         return self.num_drafts + 1
 
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         del params
         return init_history(tokens, lengths, max(int(max_len), 2))
 
-    def propose(self, params, state: TokenHistory, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: TokenHistory, root, key, sampling: Sampling, expand=None) -> Proposal:
         del params, key, sampling
         seq = push_root(state, root)
         length = jnp.minimum(state.length + 1, seq.shape[1])
@@ -180,7 +184,7 @@ class PromptLookup:
         q = chain_point_mass(drafts, count, self.vocab_size)
         return Proposal(tree=tree, draft_probs=q, state=state)
 
-    def update(self, params, state: TokenHistory, tree, result, target_logits):
+    def update(self, params, state: TokenHistory, tree, result, target: TargetOutputs):
         del params
-        check_vocab(target_logits, self.vocab_size, "PromptLookup")
+        check_vocab(target, self.vocab_size, "PromptLookup")
         return append_path(state, tree, result)

@@ -40,7 +40,7 @@ Losslessness. The fused tree is a deterministic function of the committed
 context (top-k draft children, deterministic retrieval), so:
   - `verify.greedy` at temperature 0 is lossless (token-identical to greedy
     decoding of the target);
-  - `token_recycling.deterministic_tree()` is lossless at any temperature:
+  - `verify.deterministic_tree()` is lossless at any temperature:
     it samples t ~ p at each node and follows the child t, whatever the
     candidates are; it is the best acceptance for a fixed candidate set.
   - `draft_probs` is one-hot at each node's first child (Token Recycling's
@@ -64,13 +64,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal, check_vocab
+from specjax.drafters.base import DrafterBase, Prompt, Proposal, TargetOutputs, check_vocab
 from specjax.drafters.datastore import Datastore
 from specjax.drafters.draft_model import DraftModel, DraftModelState, feed_block
 from specjax.drafters.history import TokenHistory, append_path, init_history
 from specjax.drafters.retrieval import Retrieval, retrieval_tree
 from specjax.drafters.token_recycling import first_child_point_mass
 from specjax.sampling import Sampling
+from specjax.verify import laws
 
 # The draft tree ranks children by the draft's unprocessed distribution, so that
 # pruning has real probabilities even when decoding is greedy.
@@ -187,7 +188,7 @@ def fuse_trees(draft: trees.Tree, retrieved: trees.Tree, num_nodes: int,
 
 
 @dataclasses.dataclass(frozen=True)
-class RASD:
+class RASD(DrafterBase):
     """Retrieval-augmented draft-model drafter; `params = rasd_params(draft_params, datastore)`.
 
     Attributes:
@@ -204,6 +205,8 @@ class RASD:
     retrieval: Retrieval
     num_nodes: int = 48
     prune_topk: int = 8
+
+    draft_law = laws.DETERMINISTIC_TREE  # q one-hot at each first child
 
     def __post_init__(self):
         if self.draft.child_rule != "topk":
@@ -252,16 +255,17 @@ class RASD:
                              f"{type(params).__name__}")
         return params["draft"], params["datastore"]
 
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         dparams, _ = self._split(params)
-        dstate = self.draft.init(dparams, tokens, lengths, max_len)
+        dstate = self.draft.init(dparams, prompt, target)
         b = tokens.shape[0]
         return RASDState(cache=dstate.cache,
                          history=init_history(tokens, lengths, max(int(max_len), 2)),
                          pending=jnp.zeros((b, self.pending_size), jnp.int32),
                          pending_count=jnp.zeros((b,), jnp.int32))
 
-    def propose(self, params, state: RASDState, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: RASDState, root, key, sampling: Sampling, expand=None) -> Proposal:
         del sampling  # the tree does not depend on it; the verifier applies it to p
         dparams, ds = self._split(params)
         b = root.shape[0]
@@ -280,9 +284,9 @@ class RASD:
         return Proposal(tree=tree, draft_probs=first_child_point_mass(tree, self.vocab_size),
                         state=new_state)
 
-    def update(self, params, state: RASDState, tree, result, target_logits):
+    def update(self, params, state: RASDState, tree, result, target: TargetOutputs):
         del params
-        check_vocab(target_logits, self.vocab_size, "RASD")
+        check_vocab(target, self.vocab_size, "RASD")
         model = self.draft.model
         nd, dd, n_all, p = self.draft.num_nodes, self.draft_depth, self.num_nodes, self.pending_size
         n = result.num_accepted  # [B]

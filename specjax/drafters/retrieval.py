@@ -29,7 +29,7 @@ Retrieval on device (fixed shapes, inside the decode loop's jit):
 Losslessness. The tree is a deterministic function of the datastore and the
 committed context, so the draft law is a point mass on the whole tree:
   - `verify.greedy` at temperature 0: lossless (token-identical to greedy).
-  - `token_recycling.deterministic_tree()` at any temperature: lossless (it
+  - `verify.deterministic_tree()` at any temperature: lossless (it
     samples t ~ p at each node and follows the child t, so the output law is
     p whatever the candidates are) and optimal for a fixed candidate set.
   - `draft_probs` is one-hot at each node's first child (as Token
@@ -48,11 +48,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal, check_vocab
+from specjax.drafters.base import DrafterBase, Prompt, Proposal, TargetOutputs, check_vocab
 from specjax.drafters.datastore import SEPARATOR, Datastore
 from specjax.drafters.history import TokenHistory, append_path, init_history, push_root
 from specjax.drafters.token_recycling import first_child_point_mass
 from specjax.sampling import Sampling
+from specjax.verify import laws
 
 
 # ----------------------------------------------------------------------------
@@ -236,7 +237,7 @@ def retrieval_tree(root: jax.Array, conts: jax.Array, lens: jax.Array, num_nodes
 
 
 @dataclasses.dataclass(frozen=True)
-class Retrieval:
+class Retrieval(DrafterBase):
     """REST-style retrieval drafter; `params` is the `Datastore`.
 
     Attributes:
@@ -256,6 +257,8 @@ class Retrieval:
     max_ngram: int = 8
     min_ngram: int = 2
     max_nodes: int | None = None
+
+    draft_law = laws.DETERMINISTIC_TREE  # q one-hot at each first child
 
     def __post_init__(self):
         if self.vocab_size < 1:
@@ -302,20 +305,21 @@ class Retrieval:
                              min_ngram=self.min_ngram, num=self.num_continuations,
                              depth=self.depth)
 
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         del params
         return init_history(tokens, lengths, max(int(max_len), 2))
 
     def propose(self, params: Datastore, state: TokenHistory, root, key,
-                sampling: Sampling) -> Proposal:
+                sampling: Sampling, expand=None) -> Proposal:
         del key, sampling
         conts, lens = self.retrieve(params, state, root)
         tree = retrieval_tree(root, conts, lens, self.num_nodes)
         return Proposal(tree=tree, draft_probs=first_child_point_mass(tree, self.vocab_size),
                         state=state)
 
-    def update(self, params, state: TokenHistory, tree, result, target_logits):
+    def update(self, params, state: TokenHistory, tree, result, target: TargetOutputs):
         del params
-        check_vocab(target_logits, self.vocab_size, "Retrieval")
+        check_vocab(target, self.vocab_size, "Retrieval")
         return append_path(state, tree, result)
 

@@ -29,10 +29,9 @@ KV cache. The drafter cannot see the target's cache (the loop owns it), so
 it keeps its own `KVCache` of the layers it may run and keeps it EQUAL to
 the target's at every committed slot: `init` copies the target's prefilled
 cache, and `update` commits the target's keys/values of the accepted path,
-taken from the verification forward (`target_kv`, KVBlock [L, B, N, K, H]),
-exactly like the target's own commit (`commit_target_kv`). Drafters with
-`wants_target_kv = True` get `init(..., target_cache=...)` and `update(...,
-target_kv=...)` from `decode.speculative_loop`. Drafted (provisional) tokens
+taken from the verification forward (`TargetOutputs.kv`, KVBlock [L, B, N,
+K, H]), exactly like the target's own commit (`commit_target_kv`); `init`
+starts from the prefilled target cache (`TargetOutputs.cache`). Drafted (provisional) tokens
 are the only draft-computed entries; they lie beyond the committed length
 and are overwritten by the target's keys/values on commit. Memory: a second
 cache (up to the target's size), plus one copy per step of the accepted
@@ -70,6 +69,8 @@ from specjax.models import decoder
 from specjax.models.cache import KVBlock, KVCache
 from specjax.models.config import ModelConfig
 from specjax.sampling import Sampling, argmax_last, process_logits
+from specjax.verify import laws
+from specjax.drafters.base import DrafterBase
 
 # forward(tokens [B, T], positions [B, T], cache, mask [B, T, S + T]) -> (logits [B, T, V], kv)
 DraftForward = Callable[[jax.Array, jax.Array, KVCache, jax.Array], tuple[jax.Array, KVBlock]]
@@ -171,8 +172,7 @@ def check_target_kv(who: str, cfg: ModelConfig, num_layers: int, target_kv) -> K
     if target_kv is None:
         raise ValueError(
             f"{who}.update needs the target's keys/values of the verified tree: call "
-            "update(..., target_kv=kv) (decode.speculative_loop does so for drafters with "
-            "wants_target_kv = True)")
+            "update(..., TargetOutputs(kv=kv)) (decode.speculative_loop always does)")
     L, _, _, K, H = target_kv.k.shape
     if L < num_layers or (K, H) != (cfg.num_kv_heads, cfg.head_dim):
         raise ValueError(
@@ -190,9 +190,11 @@ def check_chain_settings(num_drafts: int, threshold: float):
         raise ValueError(f"threshold (a top-1 probability) must be in [0, 1], got {threshold}")
 
 
-class SelfChain:
+class SelfChain(DrafterBase):
     """Mixin of the self-drafters (a chain of `num_drafts` drafts by the target `cfg`):
     the node count and vocabulary the loop reads."""
+
+    draft_law = laws.IID  # a chain sampled from the draft forward's q
 
     @property
     def num_nodes(self) -> int:

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 
 from specjax import trees
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import DrafterBase, Prompt, Proposal, TargetOutputs
 from specjax.drafters.draft_model import (
     DraftCacheState,
     commit_path,
@@ -77,6 +77,7 @@ from specjax.drafters.draft_model import (
 )
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
+from specjax.verify import laws
 
 NEG_INF = -jnp.inf
 
@@ -173,7 +174,7 @@ def select_beams(
 
 
 @dataclasses.dataclass(frozen=True)
-class StochasticBeam:
+class StochasticBeam(DrafterBase):
     """RSD-S drafter: stochastic beam search with an independent draft LM.
 
     Attributes:
@@ -190,6 +191,8 @@ class StochasticBeam:
     depth: int = 4
     log_threshold: float | None = None
 
+    draft_law = laws.WITHOUT_REPLACEMENT  # Gumbel-top-k children
+
     def __post_init__(self):
         W, D = self.beam_width, self.depth
         if not isinstance(W, int) or W < 1:
@@ -203,6 +206,10 @@ class StochasticBeam:
             if math.isnan(t) or t > 0.0:
                 raise ValueError(f"log_threshold is a log-probability, must be <= 0; got {t}")
             object.__setattr__(self, "log_threshold", t)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
 
     @property
     def num_nodes(self) -> int:
@@ -223,7 +230,8 @@ class StochasticBeam:
         return None
 
     # -- protocol -----------------------------------------------------------
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         return initial_state(self.model, params, tokens, lengths, max_len)
 
     def gumbels(self, key: jax.Array, batch: int) -> jax.Array:
@@ -231,7 +239,7 @@ class StochasticBeam:
         return jax.random.gumbel(key, (self.depth, batch, self.beam_width, self.model.vocab_size))
 
     def propose(self, params, state: DraftCacheState, root, key,
-                sampling: Sampling) -> Proposal:
+                sampling: Sampling, expand=None) -> Proposal:
         """Drafts the beam tree depth by depth (one draft forward per depth < D)."""
         model, W, D, N = self.model, self.beam_width, self.depth, self.num_nodes
         B, V = root.shape[0], model.vocab_size
@@ -278,7 +286,7 @@ class StochasticBeam:
         tree = trees.Tree(tokens=tokens, parent=parent, valid=valid)
         return Proposal(tree=tree, draft_probs=q, state=state.replace(cache=cache))
 
-    def update(self, params, state: DraftCacheState, tree, result, target_logits):
+    def update(self, params, state: DraftCacheState, tree, result, target: TargetOutputs):
         """Compacts the accepted path's draft keys/values; a depth-D leaf becomes pending."""
         # nodes at depths 0..D-1 have draft keys/values
         return commit_path(self.model, state, tree, result, self.depth, self.depth)

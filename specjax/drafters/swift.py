@@ -92,7 +92,6 @@ current drafts.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import flax.struct
 import jax
@@ -100,7 +99,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax.drafters import swift_bo
-from specjax.drafters.base import Proposal
+from specjax.drafters.base import Prompt, Proposal, TargetOutputs
 from specjax.drafters.history import TokenHistory, append_path, init_history
 from specjax.drafters.self_spec import (
     SelfChain,
@@ -313,7 +312,6 @@ class Swift(SelfChain):
         keeps the one of highest marginal likelihood).
     """
 
-    wants_target_kv: ClassVar[bool] = True
 
     cfg: ModelConfig
     num_drafts: int = 6
@@ -402,9 +400,11 @@ class Swift(SelfChain):
         out[list(self.initial_skip)] = True
         return out
 
-    def init(self, params, tokens, lengths, max_len, target_cache: KVCache | None = None):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
         """State from the target's prefilled cache (or, without it, a full-model prefill)."""
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         B, U, Hb = tokens.shape[0], self.num_units, self.bo_history
+        target_cache = target.cache
         if target_cache is None:
             lm = DecoderLM(self.cfg)
             _, target_cache = lm.prefill(params, tokens, lengths, lm.init_cache(B, max_len))
@@ -421,7 +421,7 @@ class Swift(SelfChain):
             bo_n=jnp.zeros((B,), jnp.int32),
         )
 
-    def propose(self, params, state: SwiftState, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: SwiftState, root, key, sampling: Sampling, expand=None) -> Proposal:
         run, run_mlp = unit_runs(state.skip, self.cfg.num_layers)
 
         def forward(tokens, positions, cache, mask):
@@ -459,8 +459,8 @@ class Swift(SelfChain):
             state.bo_x, state.bo_y, valid, cands)
         return cands[jnp.arange(B), idx]
 
-    def update(self, params, state: SwiftState, tree, result, target_logits, target_kv=None):
-        kv = check_target_kv("Swift", self.cfg, self.cfg.num_layers, target_kv)
+    def update(self, params, state: SwiftState, tree, result, target: TargetOutputs):
+        kv = check_target_kv("Swift", self.cfg, self.cfg.num_layers, target.kv)
         cache = commit_target_kv(state.cache, kv, result)
         history = append_path(state.history, tree, result)
         key, k_rand, k_bo = jax.random.split(state.key, 3)

@@ -24,46 +24,44 @@ Memory: 4 * V * k bytes per row (int32 ids): 1.02 MB at V = 32000 and
 4.86 MB at V = 151936 (k = 8); ids >= 2^16 rule out 16-bit storage there.
 
 Which verifiers are lossless with these drafts. TR drafts are a
-deterministic function of the matrix (no sampling), so the "draft law" is a
-point mass on the whole tree and a verifier that needs q to be the law the
-children were sampled from must be told exactly that:
+deterministic function of the matrix (no sampling): `draft_law` is
+`laws.DETERMINISTIC_TREE` (q one-hot at each node's first child), and
+`specjax.verify.laws.check_composition` enforces:
   - temperature 0: `verify.greedy` (q unused): lossless, token-identical to
     greedy decoding.
-  - temperature > 0: `deterministic_tree()` (defined here): at a node with
-    distinct children x_1..x_c it samples t ~ p and moves into the child
-    with token t, or emits t as the correction token if no child has it. The
-    output law is exactly p at every node (q is ignored), and the acceptance
-    probability sum_c p(x_c) is optimal for a fixed candidate set. This is
-    recursive rejection sampling with q_k = one-hot(x_k) at the k-th child,
-    the rule lookahead decoding uses for its n-gram guesses (Fu et al.,
-    arXiv 2402.02057).
-  - `verify.tree_rrs(replacement=False)` with this drafter's `draft_probs`
-    (one-hot at the FIRST child of each node): lossless too, but a single q
-    per node cannot be one-hot at every sibling, so after the first child is
-    rejected its siblings have q = 0 and are skipped: only the rank-0 chain
-    can be accepted. Use `deterministic_tree()` instead.
-  - NOT lossless: `tree_rrs` / `tree_kseq` / `chain_sampling` with any q that
-    pretends the candidates were sampled (e.g. uniform over the siblings, or
-    a softmax of scores): they accept x with min(1, p(x)/q(x)), not p(x).
+  - temperature > 0: `verify.deterministic_tree()` (`specjax.verify.
+    deterministic`): at a node with distinct children x_1..x_c it samples
+    t ~ p and moves into the child with token t, or emits t as the
+    correction token if no child has it. The output law is exactly p at
+    every node (q is ignored), and the acceptance probability sum_c p(x_c)
+    is optimal for a fixed candidate set.
+  - `verify.tree_rrs(...)`, `chain_sampling`, `tree_greedy_draft()` with
+    this drafter's `draft_probs` (one-hot at the FIRST child of each node):
+    lossless too, but a single q per node cannot be one-hot at every
+    sibling, so after the first child is rejected its siblings have q = 0
+    and are skipped: only the rank-0 chain can be accepted. Use
+    `deterministic_tree()` instead.
+  - NOT lossless: `tree_kseq` with this q (its rho counts every sibling),
+    and any verifier given a q that pretends the candidates were sampled
+    (e.g. uniform over the siblings, or a softmax of scores): they accept x
+    with min(1, p(x)/q(x)), not p(x).
 The Monte Carlo law tests in tests/drafters/test_token_recycling.py check the
-first two and reject the third.
+first two and reject the last; tests/verify/test_composition.py checks the
+table on exact laws.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
-
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
-from specjax.drafters.base import Proposal, TemplateTree, check_vocab
+from specjax.drafters.base import Prompt, Proposal, TargetOutputs, TemplateTree, check_vocab
 from specjax.sampling import Sampling
-from specjax.verify.result import normalize
-from specjax.verify.tree import TreeVerifier
+from specjax.verify import laws
 
 
 @flax.struct.dataclass
@@ -170,12 +168,15 @@ class TokenRecycling(TemplateTree):
                              f"vocab_size={self.vocab_size}")
         self._check_template("the matrix")
 
+    draft_law = laws.DETERMINISTIC_TREE  # q one-hot at each first child
+
     def state_bytes(self, batch: int = 1) -> int:
         """Bytes of the drafter state for `batch` rows."""
         return 4 * batch * self.vocab_size * self.k
 
-    def init(self, params, tokens, lengths, max_len):
+    def init(self, params, prompt: Prompt, target: TargetOutputs):
         """Cold (params None) or warm (params = int32[V, k] matrix) start."""
+        tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         del lengths, max_len
         b = tokens.shape[0]
         shape = (b, self.vocab_size, self.k)
@@ -188,7 +189,7 @@ class TokenRecycling(TemplateTree):
             matrix = jnp.broadcast_to(params.astype(jnp.int32), shape)
         return RecyclingState(matrix=jnp.array(matrix))
 
-    def propose(self, params, state: RecyclingState, root, key, sampling: Sampling) -> Proposal:
+    def propose(self, params, state: RecyclingState, root, key, sampling: Sampling, expand=None) -> Proposal:
         del params, key, sampling
         parent, rank = self._topology
         tokens = bfs_fill(state.matrix, root, parent, rank)
@@ -199,83 +200,8 @@ class TokenRecycling(TemplateTree):
         q = first_child_point_mass(tree, self.vocab_size)
         return Proposal(tree=tree, draft_probs=q, state=state)
 
-    def update(self, params, state: RecyclingState, tree, result, target_logits):
+    def update(self, params, state: RecyclingState, tree, result, target: TargetOutputs):
         del params
-        check_vocab(target_logits, self.vocab_size, "TokenRecycling")
+        check_vocab(target, self.vocab_size, "TokenRecycling")
         return RecyclingState(matrix=update_matrix(
-            state.matrix, tree.tokens, tree.valid, result.accepted, target_logits))
-
-
-# ----------------------------------------------------------------------------
-# Lossless sampling verification of deterministic drafts.
-# ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DeterministicDrafts:
-    """Node rule for deterministic candidates: sample t ~ p, accept the child t.
-
-    accept[c] = p(x_c) for the first valid occurrence of each token (later
-    duplicates 0); residual = p without the children's tokens, renormalised.
-    The output token law is p whatever the candidates are; q is ignored.
-    Same signature as the rules of `specjax.verify.multidraft`.
-    """
-
-    def draw(self, key, q, n):
-        """Deterministic proposals: the n highest-scoring tokens of q."""
-        del key
-        return jax.lax.top_k(q, n)[1].astype(jnp.int32)
-
-    def __call__(self, p: jax.Array, q: jax.Array, tokens: jax.Array, valid: jax.Array):
-        """Exact law at M nodes: p f[M, V], tokens int32[M, C], valid bool[M, C].
-
-        Returns:
-          (accept f[M, C], residual f[M, V]).
-        """
-        del q
-        m, c = tokens.shape
-        v = p.shape[-1]
-        earlier = jnp.tril(jnp.ones((c, c), bool), -1)  # [c, c']: c' < c
-        dup = jnp.any((tokens[:, :, None] == tokens[:, None, :]) & valid[:, None, :]
-                      & earlier[None], axis=-1)
-        first = valid & ~dup
-        accept = jnp.where(first, jnp.take_along_axis(p, tokens, axis=-1), 0.0)
-        cols = jnp.where(first, tokens, v)
-        covered = jnp.zeros((m, v), bool).at[jnp.arange(m)[:, None], cols].set(True, mode="drop")
-        rest = jnp.where(covered, 0.0, p)
-        return accept, normalize(rest, p)
-
-
-@dataclasses.dataclass(frozen=True)
-class DeterministicTreeVerifier:
-    """Lossless tree verification of deterministic drafts at any temperature.
-
-    A `TreeVerifier` with the `DeterministicDrafts` rule that never reads
-    draft_probs (so a drafter's [B, N, V] point mass is not materialised).
-
-    Attributes:
-      max_children: static bound on children per node (None: N - 1).
-    """
-
-    max_children: int | None = None
-    lossless: ClassVar[bool] = True
-
-    @property
-    def inner(self) -> TreeVerifier:
-        return TreeVerifier(rule=DeterministicDrafts(), max_children=self.max_children)
-
-    @staticmethod
-    def _no_q(tree, target_probs):
-        return jnp.zeros(tree.tokens.shape + (1,), target_probs.dtype)
-
-    def __call__(self, key, tree, target_probs, draft_probs=None):
-        return self.inner(key, tree, target_probs, self._no_q(tree, target_probs))
-
-    def law(self, tree, target_probs, draft_probs=None):
-        """Exact output law (for tests; q is ignored, zeros are passed)."""
-        return self.inner.law(tree, target_probs, jnp.zeros_like(target_probs))
-
-
-def deterministic_tree(max_children: int | None = None) -> DeterministicTreeVerifier:
-    """The lossless sampling verifier for Token Recycling / prompt lookup drafts."""
-    return DeterministicTreeVerifier(max_children=max_children)
+            state.matrix, tree.tokens, tree.valid, result.accepted, target.logits))

@@ -295,13 +295,28 @@ def prefill(
     Returns:
       (logits of the last real prompt token [B, V], updated cache).
     """
+    logits, cache, _, _ = prefill_features(params, cfg, tokens, lengths, cache)
+    return logits, cache
+
+
+def prefill_features(
+    params: Params, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, cache: KVCache,
+    hidden_layers: tuple[int, ...] = (),
+) -> tuple[jax.Array, KVCache, jax.Array, jax.Array | None]:
+    """`prefill` that also returns the hidden states of every prompt position.
+
+    Returns:
+      (last logits [B, V], updated cache, hidden after the final norm
+      [B, P, D], layer_hidden [len(hidden_layers), B, P, D] or None).
+    """
     B, P = tokens.shape
     positions = cache.length[:, None] + jnp.arange(P)[None, :]
     mask = attention_mask(cache.length, cache.max_len, causal_mask(B, P))
-    h, kv, _ = transformer(params, cfg, tokens, positions, cache, mask)
+    h, kv, layer_hidden = transformer(params, cfg, tokens, positions, cache, mask, hidden_layers)
     last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, D]
     path = jnp.broadcast_to(jnp.arange(P)[None], (B, P))
-    return logits_from_hidden(params, cfg, last), commit(cache, kv, path, lengths)
+    return (logits_from_hidden(params, cfg, last), commit(cache, kv, path, lengths), h,
+            layer_hidden)
 
 
 def decode_step(

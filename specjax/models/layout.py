@@ -225,7 +225,7 @@ def decide(times: dict, body_rows=BODY_ROWS, margin: float = HEAD_MARGIN) -> Lay
     return LayoutPlan(body="panels" if panels < plain else "plain", head=head)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -238,7 +238,7 @@ def _cpu_name() -> str:
 
 def cache_key(cfg: ModelConfig) -> str:
     """Names one probe: this CPU, core count, JAX version, XLA flags and cfg's shapes."""
-    what = {"cpu": _cpu_name(), "cores": os.cpu_count(), "jax": jax.__version__, "v": VERSION,
+    what = {"cpu": cpu_name(), "cores": os.cpu_count(), "jax": jax.__version__, "v": VERSION,
             "shapes": layer_shapes(cfg), "head": (cfg.dim, cfg.vocab_size),
             "tied": cfg.tie_embeddings, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -272,7 +272,7 @@ def probe_times(cfg: ModelConfig, cache: str | Path | None = None, verbose: bool
     times = measure(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(times, cpu=_cpu_name(), jax=jax.__version__), indent=1))
+    tmp.write_text(json.dumps(dict(times, cpu=cpu_name(), jax=jax.__version__), indent=1))
     tmp.replace(path)
     return times
 

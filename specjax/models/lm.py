@@ -38,6 +38,15 @@ class LanguageModel(Protocol):
     def forward(self, params, tokens, positions, cache, mask) -> tuple[jax.Array, Any]:
         """tokens/positions int32[B, T], mask bool[B, T, S+T] -> (logits [B,T,V], new kv)."""
 
+    def forward_features(self, params, tokens, positions, cache, mask,
+                         hidden_layers: tuple[int, ...] = ()) -> decoder.ForwardOutput:
+        """`forward` that also returns hidden states: ForwardOutput(logits, kv,
+        hidden [B,T,D] after the final norm, layer_hidden [J,B,T,D] or None)."""
+
+    def prefill_features(self, params, tokens, lengths, cache,
+                         hidden_layers: tuple[int, ...] = ()) -> tuple:
+        """`prefill` that also returns (.., hidden [B,P,D], layer_hidden [J,B,P,D] or None)."""
+
     def commit(self, cache, kv, path, count): ...
 
     def prefill(self, params, tokens, lengths, cache) -> tuple[jax.Array, Any]: ...
@@ -68,6 +77,12 @@ class DecoderLM:
     def forward(self, params, tokens, positions, cache, mask):
         out = decoder.forward(params, self.cfg, tokens, positions, cache, mask)
         return out.logits, out.kv
+
+    def forward_features(self, params, tokens, positions, cache, mask, hidden_layers=()):
+        return decoder.forward(params, self.cfg, tokens, positions, cache, mask, hidden_layers)
+
+    def prefill_features(self, params, tokens, lengths, cache, hidden_layers=()):
+        return decoder.prefill_features(params, self.cfg, tokens, lengths, cache, hidden_layers)
 
     def commit(self, cache, kv, path, count):
         return kvcache.commit(cache, kv, path, count)
@@ -112,6 +127,12 @@ class MarkovLM:
 
     def forward(self, params, tokens, positions, cache, mask):
         return params[tokens], None
+
+    def forward_features(self, params, tokens, positions, cache, mask, hidden_layers=()):
+        raise ValueError("MarkovLM has no hidden states or keys/values: a drafter that reads "
+                         "the target's features needs a transformer target (DecoderLM)")
+
+    prefill_features = forward_features
 
     def commit(self, cache, kv, path, count):
         return MarkovCache(length=cache.length + count)

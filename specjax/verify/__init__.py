@@ -16,11 +16,22 @@ Lossless (output law = processed target law):
   tree_kseq()          SpecTr K-SEQ, i.i.d. children (arXiv 2310.15141).
   tree_greedy_draft()  optimal rule for top-(n-1) + one sampled child (arXiv
                        2502.18779).
+  deterministic_tree() deterministic drafts (Token Recycling, ADED,
+                       retrieval): samples t ~ p, follows the child t; q
+                       unused (lossless for every draft law).
 Lossy:
   typical(...)         Medusa typical acceptance (arXiv 2401.10774).
+
+Which verifier is lossless for which drafter: each drafter declares its
+`draft_law`, each verifier the laws it is `lossless_for`;
+`laws.check_composition(drafter, verifier)` refuses a pair outside that
+table (see `specjax.verify.laws`).
 """
 
+from specjax.verify import laws
+from specjax.verify.deterministic import DeterministicDrafts, DeterministicTreeVerifier, deterministic_tree
 from specjax.verify.greedy import Greedy, argmax_last, greedy
+from specjax.verify.laws import check_composition
 from specjax.verify.multidraft import (
     RRS,
     GreedyDraft,
@@ -37,6 +48,8 @@ from specjax.verify.typical import Typical, typical
 
 __all__ = [
     "ChainSampling",
+    "DeterministicDrafts",
+    "DeterministicTreeVerifier",
     "Greedy",
     "GreedyDraft",
     "KSeq",
@@ -49,11 +62,14 @@ __all__ = [
     "accept_prob",
     "argmax_last",
     "chain_sampling",
+    "check_composition",
+    "deterministic_tree",
     "draw_greedy",
     "draw_iid",
     "draw_without_replacement",
     "greedy",
     "kseq_rho",
+    "laws",
     "residual",
     "sample_from",
     "tree_greedy_draft",

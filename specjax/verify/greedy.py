@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from specjax import trees
 from specjax.sampling import argmax_last
+from specjax.verify import laws
 from specjax.verify.result import VerifyLaw, VerifyResult, deepest_path, deterministic_law
 
 
@@ -37,9 +38,15 @@ def _final_and_best(tree: trees.Tree, target_probs: jax.Array) -> tuple[jax.Arra
 
 @dataclasses.dataclass(frozen=True)
 class Greedy:
-    """Greedy verification (lossless for the argmax / temperature-0 target law)."""
+    """Greedy verification (lossless for the argmax / temperature-0 target law).
+
+    It never reads q, so any draft law composes with it; it is lossless at
+    temperature 0 only (`greedy_only`, `laws.check_sampling`).
+    """
 
     lossless: ClassVar[bool] = True
+    lossless_for: ClassVar[frozenset] = laws.ALL
+    greedy_only: ClassVar[bool] = True
 
     def __call__(
         self,

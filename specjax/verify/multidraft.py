@@ -47,10 +47,12 @@ the first draft surely.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from specjax.verify import laws
 from specjax.verify.result import normalize
 from specjax.verify.sampling import accept_prob, residual
 
@@ -113,6 +115,13 @@ class RRS:
     """Recursive rejection sampling, with or without replacement (see module docstring)."""
 
     replacement: bool = True
+
+    @property
+    def lossless_for(self) -> frozenset:
+        """Draft laws this rule is lossless for (`specjax.verify.laws`): siblings with
+        q = 0 are skipped, so a first-child point mass (DETERMINISTIC_TREE) is exact."""
+        exact = {laws.IID, laws.POINT_MASS, laws.DETERMINISTIC_TREE}
+        return frozenset(exact if self.replacement else exact | {laws.WITHOUT_REPLACEMENT})
 
     def draw(self, key: jax.Array, q: jax.Array, n: int) -> jax.Array:
         """Drafts from the law this rule assumes: i.i.d. or without replacement."""
@@ -194,6 +203,8 @@ class KSeq:
     """SpecTr K-SEQ (see module docstring); `bisection_steps` None = dtype default."""
 
     bisection_steps: int | None = None
+    # rho counts every sibling, so q must be the law of every child
+    lossless_for: ClassVar[frozenset] = frozenset({laws.IID, laws.POINT_MASS})
 
     def draw(self, key: jax.Array, q: jax.Array, n: int) -> jax.Array:
         """Drafts from the law this rule assumes: i.i.d. from q."""
@@ -222,6 +233,14 @@ class KSeq:
 @dataclasses.dataclass(frozen=True)
 class GreedyDraft:
     """Optimal verification of greedy drafts: top n - 1 of q plus one sample, last."""
+
+    # The token emitted at a node is the sampled (last) child with probability
+    # min(1, p/q), else a residual draw; the top children only say which subtree
+    # to enter. So the rule is exact whenever the last child is a sample of q
+    # independent of its siblings (GREEDY_DRAFT, IID, a lone child) or has q = 0
+    # (a first-child point mass: every child is then accepted with p(x)).
+    lossless_for: ClassVar[frozenset] = frozenset(
+        {laws.GREEDY_DRAFT, laws.IID, laws.POINT_MASS, laws.DETERMINISTIC_TREE})
 
     def draw(self, key: jax.Array, q: jax.Array, n: int) -> jax.Array:
         """Drafts from the law this rule assumes: top n - 1 of q, then one sample."""

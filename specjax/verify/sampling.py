@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from specjax import trees
+from specjax.verify import laws
 from specjax.verify.result import (
     VerifyLaw,
     VerifyResult,
@@ -89,9 +90,18 @@ def _chain_quantities(tree: trees.Tree, target_probs: jax.Array, draft_probs: ja
 
 @dataclasses.dataclass(frozen=True)
 class ChainSampling:
-    """Lossless speculative sampling of a chain (at most one child per node)."""
+    """Lossless speculative sampling of a chain (at most one child per node).
+
+    Lossless for chains drafted from the reported q (`laws.IID`,
+    `laws.POINT_MASS`). Sampled drafts must form a chain (`chains_only`); a
+    deterministic tree with q one-hot at first children (`laws.DETERMINISTIC_TREE`)
+    is verified exactly as its first-child chain (siblings have q = 0).
+    """
 
     lossless: ClassVar[bool] = True
+    lossless_for: ClassVar[frozenset] = frozenset(
+        {laws.IID, laws.POINT_MASS, laws.DETERMINISTIC_TREE})
+    chains_only: ClassVar[bool] = True
 
     def __call__(
         self, key: jax.Array, tree: trees.Tree, target_probs: jax.Array, draft_probs: jax.Array

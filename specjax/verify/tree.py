@@ -50,6 +50,12 @@ class TreeVerifier:
     max_children: int | None = None
     lossless: ClassVar[bool] = True
 
+    @property
+    def lossless_for(self) -> frozenset:
+        """Draft laws the rule is lossless for (`specjax.verify.laws`; none if it
+        declares none)."""
+        return frozenset(getattr(self.rule, "lossless_for", frozenset()))
+
     def _slots(self, num_nodes: int) -> int:
         c = num_nodes - 1 if self.max_children is None else min(self.max_children, num_nodes - 1)
         return max(c, 1)

@@ -43,6 +43,7 @@ class Typical:
     epsilon: float = 0.09
     delta: float = 0.3
     lossless: ClassVar[bool] = False
+    lossless_for: ClassVar[frozenset] = frozenset()  # lossy for every draft law
 
     def _final(self, tree: trees.Tree, target_probs: jax.Array) -> jax.Array:
         n = tree.num_nodes

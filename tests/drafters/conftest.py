@@ -21,6 +21,8 @@ import pytest
 from specjax import decode
 from specjax.models.config import ModelConfig
 from specjax.models.params import init_params
+from specjax.drafters.base import DrafterBase
+from specjax.verify import laws
 from tests.law import REPEATING
 
 TINY = ModelConfig(arch="llama", vocab_size=50, dim=32, num_layers=2, num_heads=4,
@@ -40,14 +42,21 @@ def tiny():
 
 
 @dataclasses.dataclass(frozen=True)
-class UniformQ:
-    """Mutant drafter: same drafts, but claims they were sampled from uniform q."""
+class UniformQ(DrafterBase):
+    """Mutant drafter: same drafts, but claims they were sampled from uniform q
+    (i.i.d., so it composes with every sampling verifier and only the Monte
+    Carlo law tests can catch the lie)."""
 
     inner: Any
+    draft_law = laws.IID
 
     @property
     def num_nodes(self):
         return self.inner.num_nodes
+
+    @property
+    def vocab_size(self):
+        return self.inner.vocab_size
 
     def init(self, *a):
         return self.inner.init(*a)
@@ -55,8 +64,8 @@ class UniformQ:
     def update(self, *a):
         return self.inner.update(*a)
 
-    def propose(self, *a):
-        prop = self.inner.propose(*a)
+    def propose(self, *a, **kw):
+        prop = self.inner.propose(*a, **kw)
         q = prop.draft_probs
         return prop.replace(draft_probs=jnp.full(q.shape, 1.0 / q.shape[-1], q.dtype))
 

@@ -13,8 +13,9 @@ import pytest
 
 from specjax import decode, trees, verify
 from specjax.drafters import aded
-from specjax.drafters.token_recycling import deterministic_tree
 from specjax.verify.result import VerifyResult
+from specjax.drafters.base import Prompt, TargetOutputs
+from specjax.verify import deterministic_tree
 from tests.drafters.conftest import check_greedy_identity
 
 M32 = 0xFFFFFFFF
@@ -166,7 +167,7 @@ def test_tables_without_collisions_equal_exact_counts():
     contexts = {(a, b) for a, b, _ in tri}
     assert len({ref_slot(a, b, S) for a, b in contexts}) == len(contexts)  # no collision here
     d = aded.Aded(V, k=k, slots=S, template=[[0]])
-    state = jax.jit(d.init, static_argnums=3)(None, *_padded(seqs), 64)
+    state = jax.jit(lambda t, n: d.init(None, Prompt(t, n, 64), TargetOutputs()))(*_padded(seqs))
     t = jax.tree.map(np.asarray, state.tables)
     for row, s in enumerate(seqs):
         want_tri = collections.Counter(zip(s, s[1:], s[2:]))
@@ -205,11 +206,11 @@ def test_propose_update_match_reference_over_many_steps():
     for ref, p in zip(refs, prompts):
         for t in p:
             ref.commit(t)
-    state = jax.jit(d.init, static_argnums=3)(None, *_padded(prompts), 64)
+    state = jax.jit(lambda t, n: d.init(None, Prompt(t, n, 64), TargetOutputs()))(*_padded(prompts))
     assert_state_equal(state, refs, V_SMALL)
     propose = jax.jit(lambda s, r: d.propose(None, s, r, None, None))
-    update = jax.jit(lambda s, t, res: d.update(None, s, t, res, jnp.zeros((3, d.num_nodes,
-                                                                            V_SMALL))))
+    update = jax.jit(lambda s, t, res: d.update(None, s, t, res, TargetOutputs(logits=jnp.zeros((3, d.num_nodes,
+                                                                            V_SMALL)))))
     root = jnp.asarray(rng.integers(0, V_SMALL, size=3), jnp.int32)
     accepted_drafts = 0
     for _ in range(25):
@@ -264,7 +265,7 @@ def test_warm_start_indexes_corpus_then_prompt():
         ref.prev2 = ref.prev1 = -1  # fresh context per sequence
         for t in seq:
             ref.commit(t)
-    state = d.init(warm, *_padded([[4, 0, 1], [4, 0, 1]]), 16)
+    state = d.init(warm, Prompt(*_padded([[4, 0, 1], [4, 0, 1]]), 16), TargetOutputs())
     assert_state_equal(state, [ref, ref], V_SMALL)
 
 
@@ -274,7 +275,7 @@ def test_template_defaults_and_memory():
     assert d.state_bytes() == 11_534_668  # 11.5 MB per row at V = 49152 (SmolLM2)
     assert aded.Aded(151936).state_bytes() == 21_401_932  # 21.4 MB at V = 151936 (Qwen2.5)
     assert hash(aded.Aded(50, template=[[0], [1]])) == hash(aded.Aded(50, template=((0,), (1,))))
-    shapes = jax.eval_shape(lambda t, n: d.init(None, t, n, 8), jnp.zeros((1, 4), jnp.int32),
+    shapes = jax.eval_shape(lambda t, n: d.init(None, Prompt(t, n, 8), TargetOutputs()), jnp.zeros((1, 4), jnp.int32),
                             jnp.ones((1,), jnp.int32))
     leaves = jax.tree.leaves(shapes)
     assert sum(x.size * x.dtype.itemsize for x in leaves) == d.state_bytes()
@@ -299,14 +300,14 @@ def test_bad_input(tiny):
     d = aded.Aded(10, k=2, slots=8, template=[[0], [1]])
     prompt = (jnp.zeros((1, 4), jnp.int32), jnp.ones((1,), jnp.int32))
     with pytest.raises(ValueError, match="warm ADED tables"):
-        d.init(aded.Aded(10, k=2, slots=16, template=[[0]]).empty_tables(), *prompt, 8)
+        d.init(aded.Aded(10, k=2, slots=16, template=[[0]]).empty_tables(), Prompt(*prompt, 8), TargetOutputs())
     with pytest.raises(ValueError, match=r"corpus token ids must lie in \[0, 10\)"):
         d.index_corpus([[1, 10]])
     tree = trees.Tree(tokens=jnp.zeros((1, 3), jnp.int32), parent=jnp.asarray([[-1, 0, 0]]),
                       valid=jnp.ones((1, 3), bool))
     res = VerifyResult.at_node(tree, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))
     with pytest.raises(ValueError, match="vocabulary of 10 tokens but the target has 12"):
-        d.update(None, d.init(None, *prompt, 8), tree, res, jnp.zeros((1, 3, 12)))
+        d.update(None, d.init(None, Prompt(*prompt, 8), TargetOutputs()), tree, res, TargetOutputs(logits=jnp.zeros((1, 3, 12))))
     cfg, params, prompts, _ = tiny
     method = decode.Method(drafter=aded.Aded(cfg.vocab_size + 1), verifier=verify.greedy)
     with pytest.raises(ValueError, match="draft vocabulary .* differs"):

@@ -20,6 +20,7 @@ from specjax.models.lm import DecoderLM, MarkovLM
 from specjax.models.params import first_layers
 from specjax.sampling import GREEDY, Sampling, process_logits
 from specjax.verify.result import VerifyResult
+from specjax.drafters.base import Prompt, TargetOutputs
 from tests.drafters.conftest import check_greedy_identity
 from tests.law import chi2_pooled
 
@@ -74,7 +75,7 @@ def test_bigram_table_and_chain_match_reference(k):
     seqs += [[2], [1, 1, 1, 1], [0, 1, 0, 2, 0, 3, 0, 1, 0, 1]]
     tokens, lengths = _padded(seqs, 40)
     d = Bigram(V, num_drafts=L, k=k)
-    state = jax.jit(lambda t, n: d.init(None, t, n, 64))(tokens, lengths)
+    state = jax.jit(lambda t, n: d.init(None, Prompt(t, n, 64), TargetOutputs()))(tokens, lengths)
     starts = jnp.asarray(rng.integers(0, V, size=len(seqs)), jnp.int32)
     prop = jax.jit(lambda s, r: d.propose(None, s, r, None, None))(state, starts)
     trees.check_tree(prop.tree, V)
@@ -98,10 +99,10 @@ def test_bigram_commit_and_warm_start():
     V = 5
     d = Bigram(V, num_drafts=3, k=2)
     prompt = [0, 1, 2, 1]
-    state = d.init(None, jnp.asarray([prompt]), jnp.asarray([4]), 16)
+    state = d.init(None, Prompt(jnp.asarray([prompt]), jnp.asarray([4]), 16), TargetOutputs())
     tree = trees.chain(jnp.asarray([3]), jnp.asarray([[1, 4, 4]]))  # root 3
     res = VerifyResult.at_node(tree, jnp.asarray([2]), jnp.asarray([0]))  # 2 drafts accepted
-    state = jax.jit(d.update)(None, state, tree, res, jnp.zeros((1, 4, V)))
+    state = jax.jit(d.update)(None, state, tree, res, TargetOutputs(logits=jnp.zeros((1, 4, V))))
     ref = RefBigram(2)
     text = prompt + [3, 1, 4]  # the next token 0 is observed at the next update
     for x, y in itertools.pairwise(text):
@@ -110,7 +111,7 @@ def test_bigram_commit_and_warm_start():
     assert int(state.last[0]) == 4
     # fit + warm start == observing the corpus, then the prompt
     corpus = [4, 3, 4, 3, 2, 0, 4, 3]
-    warm = d.init(d.fit(corpus), jnp.asarray([prompt]), jnp.asarray([4]), 16)
+    warm = d.init(d.fit(corpus), Prompt(jnp.asarray([prompt]), jnp.asarray([4]), 16), TargetOutputs())
     ref = RefBigram(2)
     for seq in (corpus, prompt):
         for x, y in itertools.pairwise(seq):
@@ -143,7 +144,7 @@ def test_schedule_components_and_recorded_laws():
 
     @jax.jit
     def run(key):
-        state = d.init(params, prompt, jnp.full((64,), 10), 32)
+        state = d.init(params, Prompt(prompt, jnp.full((64,), 10), 32), TargetOutputs())
         return d.propose(params, state, jnp.full((64,), 2, jnp.int32), key, sampling)
 
     prop = run(jax.random.key(1))
@@ -168,7 +169,7 @@ def _spec_step(target, drafter, verifier, sampling, tparams, dparams, tcache, ds
                                 tcache, mask)
     res = verifier(k_verify, tree, jnp.exp(process_logits(logits, sampling)), prop.draft_probs)
     tcache = target.commit(tcache, kv, res.path, res.num_accepted + 1)
-    dstate = drafter.update(dparams, prop.state, tree, res, logits)
+    dstate = drafter.update(dparams, prop.state, tree, res, TargetOutputs(logits=logits))
     path = jnp.take_along_axis(tree.tokens, res.path, axis=1)
     return tcache, dstate, res.next_token, path, res.num_accepted
 
@@ -195,7 +196,8 @@ def test_draft_cache_tracks_the_committed_text(tiny, config, sampling):
     tcache = target.init_cache(len(prompts), max_len)
     logits, tcache = target.prefill(params, tokens, lengths, tcache)
     root = jnp.argmax(logits, -1).astype(jnp.int32)
-    dstate = jax.jit(d.init, static_argnums=3)((dparams, None), tokens, lengths, max_len)
+    dstate = jax.jit(lambda p, t, n: d.init(p, Prompt(t, n, max_len), TargetOutputs()))(
+        (dparams, None), tokens, lengths)
     step = jax.jit(functools.partial(_spec_step, target, d, verifier, sampling))
     texts = [list(p) + [int(r)] for p, r in zip(prompts, root)]
     fresh = jax.jit(lambda t, n: decoder.prefill(dparams, dcfg, t, n,
@@ -308,7 +310,7 @@ def _vertical_draft_counts(rows=20000, K=4):
 
     @jax.jit
     def run(key):
-        state = d.init(LOG_Q, prompt, jnp.full((rows,), 6), 16)
+        state = d.init(LOG_Q, Prompt(prompt, jnp.full((rows,), 6), 16), TargetOutputs())
         return d.propose(LOG_Q, state, jnp.ones((rows,), jnp.int32), key,
                          Sampling(temperature=1.0))
 
@@ -348,7 +350,7 @@ def test_vertical_cascade_draft_forwards(lookahead, prompt, forwards):
     ceil(4 / (accepted proposals + 1)) draft forwards."""
     V = 3
     d = Cascade([(Vertical(MarkovLM(V), Bigram(V, k=2), lookahead), 4)])
-    state = d.init(LOG_Q, jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 16)
+    state = d.init(LOG_Q, Prompt(jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 16), TargetOutputs())
     prop = jax.jit(d.propose, static_argnums=4)(LOG_Q, state, jnp.asarray([1]),
                                                 jax.random.key(0), GREEDY)
     assert np.asarray(prop.tree.tokens[0]).tolist() == [1, 2, 0, 1, 2]  # argmax chain of Q
@@ -397,11 +399,11 @@ def test_bad_input(tiny):
     d = Cascade([(lm, 1), (b1, 1)])
     prompt, lengths = jnp.zeros((1, 4), jnp.int32), jnp.ones((1,), jnp.int32)
     with pytest.raises(ValueError, match="one entry per component"):
-        d.init(jnp.zeros((V, V)), prompt, lengths, 8)
+        d.init(jnp.zeros((V, V)), Prompt(prompt, lengths, 8), TargetOutputs())
     with pytest.raises(ValueError, match="component 0 .* needs parameters"):
-        d.init((None, None), prompt, lengths, 8)
+        d.init((None, None), Prompt(prompt, lengths, 8), TargetOutputs())
     with pytest.raises(ValueError, match="warm bigram table"):
-        b1.init(Bigram(V, k=2).fit([1, 2]), prompt, lengths, 8)
+        b1.init(Bigram(V, k=2).fit([1, 2]), Prompt(prompt, lengths, 8), TargetOutputs())
     with pytest.raises(ValueError, match="token ids"):
         b1.fit([3, 10])
     cfg, params, prompts, _ = tiny  # vocabulary 50 vs a cascade of 10
@@ -409,8 +411,8 @@ def test_bad_input(tiny):
         decode.speculative_generate(params, cfg, prompts, max_new_tokens=4,
                                     method=decode.Method(d, verify.greedy),
                                     draft_params=(jnp.zeros((V, V)), None))
-    state = d.init((jnp.zeros((V, V)), None), prompt, lengths, 8)
+    state = d.init((jnp.zeros((V, V)), None), Prompt(prompt, lengths, 8), TargetOutputs())
     tree = trees.chain(jnp.zeros((1,), jnp.int32), jnp.zeros((1, 2), jnp.int32))
     res = VerifyResult.at_node(tree, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))
     with pytest.raises(ValueError, match="vocabulary of 10 tokens but the target has 12"):
-        d.update(None, state, tree, res, jnp.zeros((1, 3, 12)))
+        d.update(None, state, tree, res, TargetOutputs(logits=jnp.zeros((1, 3, 12))))

@@ -20,6 +20,8 @@ from specjax import decode, policies, verify
 from specjax.drafters import draft_model
 from specjax.drafters.draft_model import DraftModel
 from specjax.models.lm import DecoderLM
+from specjax.drafters.base import Prompt, TargetOutputs
+from specjax.sampling import GREEDY
 from tests.drafters.conftest import tiny  # noqa: F401 (fixture)
 from tests.law import FROM_START, LOG_Q
 
@@ -86,18 +88,18 @@ def test_steps_that_draft_nothing_queue_the_token(tiny):
     cfg, params, _, _ = tiny
     lm = DecoderLM(cfg)
     drafter = DraftModel.chain(lm, 3, max_pending=3)
-    state = drafter.init(params, jnp.array([[3, 7, 1]], jnp.int32), jnp.array([3]), 32)
+    state = drafter.init(params, Prompt(jnp.array([[3, 7, 1]], jnp.int32), jnp.array([3]), 32), TargetOutputs())
     never = lambda tree, q: jnp.zeros(tree.tokens.shape, bool)  # noqa: E731
     length0 = int(lm.cache_length(state.cache)[0])
     seen = []
     for step, root in enumerate([4, 5, 6, 7]):
         prop = drafter.propose(params, state, jnp.array([root]), jax.random.key(0),
-                               decode.GREEDY, expand=never)
+                               GREEDY, expand=never)
         assert int(prop.state.levels_run) == 0
         tree = prop.tree.replace(valid=jnp.zeros_like(prop.tree.valid).at[:, 0].set(True))
         res = verify.greedy(jax.random.key(0), tree, jnp.ones((1, 4, cfg.vocab_size)) / 50,
                             prop.draft_probs)
-        state = drafter.update(params, prop.state, tree, res, None)
+        state = drafter.update(params, prop.state, tree, res, TargetOutputs())
         seen.append((int(lm.cache_length(state.cache)[0]) - length0, int(state.num_pending[0])))
     # queue 1, 2, 3; the 4th step finds it full and feeds 3 tokens, then queues its root
     assert seen == [(0, 1), (0, 2), (0, 3), (3, 1)]

@@ -20,6 +20,7 @@ from specjax.models.lm import DecoderLM, MarkovLM
 from specjax.models.params import first_layers
 from specjax.sampling import GREEDY, Sampling, process_logits
 from specjax.verify.result import VerifyResult
+from specjax.drafters.base import Prompt, TargetOutputs
 from tests.drafters.conftest import check_greedy_identity, final_nodes, node_paths
 
 # ----------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def test_propose_matches_plain_python_expansion(N, K, R, sampling):
     params = _markov(V, 1)
     d = DySpec(MarkovLM(V), N, K, R)
     root = jnp.arange(B, dtype=jnp.int32) % V
-    state = d.init(params, root[:, None], jnp.ones((B,), jnp.int32), 0)
+    state = d.init(params, Prompt(root[:, None], jnp.ones((B,), jnp.int32), 0), TargetOutputs())
     key = jax.random.key(3)
     prop = jax.jit(d.propose, static_argnums=4)(params, state, root, key, sampling)
     tree = jax.tree.map(np.asarray, prop.tree)
@@ -143,7 +144,7 @@ def test_draft_cache_tracks_the_committed_text(tiny, sampling, R):
     rows = [list(prompts[0]), list(prompts[2])]
     B, P = len(rows), max(map(len, rows))
     toks = jnp.asarray([r + [0] * (P - len(r)) for r in rows], jnp.int32)
-    state = d.init(dparams, toks, jnp.asarray([len(r) for r in rows]), 128)
+    state = d.init(dparams, Prompt(toks, jnp.asarray([len(r) for r in rows]), 128), TargetOutputs())
     propose = jax.jit(d.propose, static_argnums=4)
     update = jax.jit(d.update)
     fresh = jax.jit(lambda p, ids, n: lm.prefill(p, ids, n, lm.init_cache(ids.shape[0], 128))[0])
@@ -172,7 +173,7 @@ def test_draft_cache_tracks_the_committed_text(tiny, sampling, R):
         for b in range(B):
             n = int(res.num_accepted[b])
             rows[b] += [int(tree.tokens[b, int(res.path[b, k])]) for k in range(n + 1)]
-        state = update(dparams, prop.state, prop.tree, res, None)
+        state = update(dparams, prop.state, prop.tree, res, TargetOutputs())
         root = res.next_token
     assert pending_steps >= 2
 

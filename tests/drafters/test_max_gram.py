@@ -20,6 +20,7 @@ from specjax.models.lm import DecoderLM, MarkovLM
 from specjax.models.params import first_layers
 from specjax.sampling import GREEDY, Sampling
 from specjax.verify.result import VerifyResult
+from specjax.drafters.base import Prompt, TargetOutputs
 from tests.drafters.conftest import check_greedy_identity
 from tests.drafters.test_cascade import RefBigram
 
@@ -96,7 +97,7 @@ def test_chain_matches_reference(max_n, earliest, k):
 
     @jax.jit
     def run(tokens, lengths, chains, node):
-        state = d.init(warm, tokens, lengths, 40)
+        state = d.init(warm, Prompt(tokens, lengths, 40), TargetOutputs())
         prop = d.propose(warm, state, chains[:, 0], None, None)
         return d.extend_chain(state, chains, node, 5), prop
 
@@ -123,19 +124,19 @@ def test_bigram_fallback_and_update():
     d = MaxGram(V, num_drafts=5, k=2)
     prompt, lengths = jnp.asarray([[1, 2, 3]]), jnp.asarray([3])
     root = jnp.asarray([7])
-    warm = d.init(d.fit([7, 5, 7, 5]), prompt, lengths, 16)
+    warm = d.init(d.fit([7, 5, 7, 5]), Prompt(prompt, lengths, 16), TargetOutputs())
     prop = d.propose(None, warm, root, None, None)
     # 7 unseen in the text -> bigram 5; 5 unseen -> bigram 7; then "7" matches at
     # the first 7: copy "5 7", and again "7 5 7" -> "5"
     assert np.asarray(prop.tree.tokens[0]).tolist() == [7, 5, 7, 5, 7, 5]
-    cold = d.init(None, prompt, lengths, 16)
+    cold = d.init(None, Prompt(prompt, lengths, 16), TargetOutputs())
     prop = d.propose(None, cold, root, None, None)
     assert np.asarray(prop.tree.valid[0]).tolist() == [True] + [False] * 5
     assert float(prop.draft_probs.sum()) == 0.0
     # commit root 7 + drafts [2, 3] accepted: text 1 2 3 7 2 3, next token (root) 1
     tree = trees.chain(root, jnp.asarray([[2, 3, 4, 4, 4]]))
     res = VerifyResult.at_node(tree, jnp.asarray([2]), jnp.asarray([1]))
-    state = jax.jit(d.update)(None, cold, tree, res, jnp.zeros((1, 6, V)))
+    state = jax.jit(d.update)(None, cold, tree, res, TargetOutputs(logits=jnp.zeros((1, 6, V))))
     assert int(state.history.length[0]) == 6 and int(state.bigram.last[0]) == 3
     prop = d.propose(None, state, jnp.asarray([1]), None, None)
     # text 1 2 3 7 2 3 1: "1" matches at 0 -> copy "2 3 7 2 3" (cut at 5)
@@ -155,7 +156,7 @@ def test_cascade_stage_sees_the_chain_above_it():
 
     @jax.jit
     def run(key):
-        state = d.init(params, jnp.asarray([prompt] * rows), jnp.full((rows,), 10), 32)
+        state = d.init(params, Prompt(jnp.asarray([prompt] * rows), jnp.full((rows,), 10), 32), TargetOutputs())
         return d.propose(params, state, jnp.full((rows,), root, jnp.int32), key,
                          Sampling(temperature=1.0))
 
@@ -181,7 +182,7 @@ def test_vertical_helper(lookahead, prompt, forwards):
     Q = np.array([[0.3, 0.5, 0.2], [0.2, 0.2, 0.6], [0.6, 0.1, 0.3]])
     params = (jnp.log(jnp.asarray(Q, jnp.float32)), None)
     d = Cascade([(Vertical(MarkovLM(V), MaxGram(V, k=2), lookahead), 4)])
-    state = d.init(params, jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 16)
+    state = d.init(params, Prompt(jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 16), TargetOutputs())
     prop = jax.jit(d.propose, static_argnums=4)(params, state, jnp.asarray([1]),
                                                 jax.random.key(0), GREEDY)
     assert np.asarray(prop.tree.tokens[0]).tolist() == [1, 2, 0, 1, 2]  # argmax chain of Q
@@ -281,14 +282,14 @@ def test_bad_input(tiny):
     d = MaxGram(V)
     prompt, lengths = jnp.zeros((1, 4), jnp.int32), jnp.ones((1,), jnp.int32)
     with pytest.raises(ValueError, match="warm bigram table"):
-        d.init(Bigram(V, k=2).fit([1, 2]), prompt, lengths, 8)
+        d.init(Bigram(V, k=2).fit([1, 2]), Prompt(prompt, lengths, 8), TargetOutputs())
     with pytest.raises(ValueError, match="token ids"):
         d.fit([3, 10])
-    state = d.init(None, prompt, lengths, 8)
+    state = d.init(None, Prompt(prompt, lengths, 8), TargetOutputs())
     tree = trees.chain(jnp.zeros((1,), jnp.int32), jnp.zeros((1, 2), jnp.int32))
     res = VerifyResult.at_node(tree, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))
     with pytest.raises(ValueError, match="MaxGram was built for a vocabulary of 10 tokens"):
-        d.update(None, state, tree, res, jnp.zeros((1, 3, 12)))
+        d.update(None, state, tree, res, TargetOutputs(logits=jnp.zeros((1, 3, 12))))
     cfg, params, prompts, _ = tiny  # vocabulary 50 vs 10
     with pytest.raises(ValueError, match="draft vocabulary"):
         decode.speculative_generate(params, cfg, prompts, max_new_tokens=4,

@@ -8,8 +8,9 @@ import pytest
 
 from specjax import decode, trees, verify
 from specjax.drafters import prompt_lookup as pl
-from specjax.drafters.token_recycling import deterministic_tree
 from specjax.verify.result import VerifyResult
+from specjax.drafters.base import Prompt, TargetOutputs
+from specjax.verify import deterministic_tree
 from tests.drafters.conftest import check_greedy_identity
 
 
@@ -77,7 +78,7 @@ def test_propose_and_update_keep_per_row_histories():
     d = pl.PromptLookup(vocab_size=20, num_drafts=4)
     prompts = [[1, 2, 3, 4, 1, 2], [5, 6, 5], [9]]
     tokens, lengths = _padded(prompts, 8)
-    state = d.init(None, tokens, lengths, 16)
+    state = d.init(None, Prompt(tokens, lengths, 16), TargetOutputs())
     roots = jnp.asarray([3, 6, 9], jnp.int32)
     prop = jax.jit(lambda s, r: d.propose(None, s, r, None, None))(state, roots)
     trees.check_tree(prop.tree, 20)
@@ -94,12 +95,13 @@ def test_propose_and_update_keep_per_row_histories():
     tree = prop.tree
     final = jnp.asarray([2, 0, 0], jnp.int32)
     res = VerifyResult.at_node(tree, final, jnp.asarray([7, 8, 4], jnp.int32))
-    new = jax.jit(d.update, static_argnums=0)(None, prop.state, tree, res, jnp.zeros((3, 5, 20)))
+    new = jax.jit(d.update, static_argnums=0)(None, prop.state, tree, res,
+                                             TargetOutputs(logits=jnp.zeros((3, 5, 20))))
     hist = [np.asarray(new.tokens[i, : int(new.length[i])]).tolist() for i in range(3)]
     drafts0 = np.asarray(tree.tokens[0, 1:3]).tolist()
     assert hist == [prompts[0] + [3] + drafts0, prompts[1] + [6], prompts[2] + [9]]
     with pytest.raises(ValueError, match="vocabulary of 20 tokens but the target has 21"):
-        d.update(None, prop.state, tree, res, jnp.zeros((3, 5, 21)))
+        d.update(None, prop.state, tree, res, TargetOutputs(logits=jnp.zeros((3, 5, 21))))
 
 
 def test_bad_configs():

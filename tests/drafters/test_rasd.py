@@ -13,11 +13,12 @@ from specjax.drafters import datastore as ds_lib
 from specjax.drafters import rasd as rasd_lib
 from specjax.drafters import retrieval as rt
 from specjax.drafters.draft_model import DraftModel
-from specjax.drafters.token_recycling import deterministic_tree
 from specjax.models.lm import DecoderLM, MarkovLM
 from specjax.models.params import first_layers
 from specjax.sampling import GREEDY
 from specjax.verify.result import VerifyResult
+from specjax.drafters.base import Prompt, TargetOutputs
+from specjax.verify import deterministic_tree
 from tests.drafters.conftest import check_greedy_identity
 from tests.drafters.test_retrieval import _earlier_generations
 
@@ -170,7 +171,7 @@ def test_draft_cache_holds_the_committed_tokens(tiny):
     propose = jax.jit(drafter.propose, static_argnums=4)
     update = jax.jit(drafter.update)
     all_params = rasd_lib.rasd_params(dparams, datastore([0, 0]))
-    state = drafter.init(all_params, jnp.asarray(tokens), lengths, 64)
+    state = drafter.init(all_params, Prompt(jnp.asarray(tokens), lengths, 64), TargetOutputs())
     prop = propose(all_params, state, jnp.asarray(root), jax.random.key(0), GREEDY)
     all_params = rasd_lib.rasd_params(dparams, datastore(np.asarray(prop.tree.tokens[:, 1])))
     prop = propose(all_params, state, jnp.asarray(root), jax.random.key(0), GREEDY)
@@ -189,7 +190,8 @@ def test_draft_cache_holds_the_committed_tokens(tiny):
                 cand = idx[valid[b] & (idx < nd)] if where == "draft_leaf" else idx[:1]
             final.append(int(cand[np.argmax(dep[b, cand])]))
         res = VerifyResult.at_node(t, jnp.asarray(final, jnp.int32), jnp.asarray([3, 4], jnp.int32))
-        state2 = update(all_params, prop.state, t, res, jnp.zeros((2, t.num_nodes, cfg.vocab_size)))
+        state2 = update(all_params, prop.state, t, res,
+                        TargetOutputs(logits=jnp.zeros((2, t.num_nodes, cfg.vocab_size))))
         pending = {"retrieval_root": 3, "retrieval_draft": 2, "draft_leaf": 1, "root": 0}[where]
         assert int(state2.pending_count.min()) >= pending, where
         prop2 = propose(all_params, state2, res.next_token, jax.random.key(1), GREEDY)
@@ -227,7 +229,7 @@ def test_bad_input(tiny):
         rasd_lib.RASD(DraftModel(lm, parents, "topk"), ret, prune_topk=0)
     d = rasd_lib.RASD(DraftModel(lm, parents, "topk"), ret, num_nodes=12)
     with pytest.raises(ValueError, match="rasd_params"):
-        d.init(tiny[1], jnp.ones((1, 4), jnp.int32), jnp.full((1,), 4), 16)
+        d.init(tiny[1], Prompt(jnp.ones((1, 4), jnp.int32), jnp.full((1,), 4), 16), TargetOutputs())
     with pytest.raises(ValueError, match="fused budget num_nodes=5 is smaller"):
         rasd_lib.fuse_trees(_random_topk_tree(np.random.default_rng(0), np.asarray(parents), 5, 1),
                             _random_topk_tree(np.random.default_rng(1), np.asarray(parents), 5, 1),

@@ -13,8 +13,9 @@ import pytest
 from specjax import decode, trees, verify
 from specjax.drafters import datastore as ds_lib
 from specjax.drafters import retrieval as rt
-from specjax.drafters.token_recycling import deterministic_tree
 from specjax.verify.result import VerifyResult
+from specjax.drafters.base import Prompt, TargetOutputs
+from specjax.verify import deterministic_tree
 from tests.drafters.conftest import check_greedy_identity
 
 # ----------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def test_bad_configuration():
 
 def test_vocabulary_mismatches():
     d = rt.Retrieval(50, num_nodes=4, depth=2, num_continuations=4)
-    state = d.init(None, jnp.ones((1, 4), jnp.int32), jnp.full((1,), 4), 16)
+    state = d.init(None, Prompt(jnp.ones((1, 4), jnp.int32), jnp.full((1,), 4), 16), TargetOutputs())
     other = ds_lib.build_datastore([[1, 2, 3]], 40)
     with pytest.raises(ValueError, match="vocabulary of 40 tokens but the drafter .* 50"):
         d.propose(other, state, jnp.ones(1, jnp.int32), None, None)
@@ -166,7 +167,7 @@ def test_vocabulary_mismatches():
     prop = d.propose(ds_lib.build_datastore([[1, 2, 3]], 50), state, jnp.ones(1, jnp.int32), None, None)
     res = VerifyResult.at_node(prop.tree, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))
     with pytest.raises(ValueError, match="vocabulary of 50 tokens but the target has 12"):
-        d.update(None, state, prop.tree, res, jnp.zeros((1, 4, 12)))
+        d.update(None, state, prop.tree, res, TargetOutputs(logits=jnp.zeros((1, 4, 12))))
 
 
 def test_propose_uses_root_and_history():
@@ -174,7 +175,7 @@ def test_propose_uses_root_and_history():
     ds = ds_lib.build_datastore([[7, 8, 9, 1, 2], [8, 9, 3, 3], [9, 4]], 10)
     d = rt.Retrieval(10, num_nodes=4, depth=2, num_continuations=4, max_ngram=3, min_ngram=1)
     tokens, lengths = _padded([[5, 7, 8], [6]], 4)
-    state = d.init(None, tokens, lengths, 16)
+    state = d.init(None, Prompt(tokens, lengths, 16), TargetOutputs())
     prop = jax.jit(d.propose)(ds, state, jnp.asarray([9, 9]), None, None)
     assert np.asarray(prop.tree.tokens[0, :3]).tolist() == [9, 1, 2]
     assert np.asarray(prop.tree.valid[0]).tolist() == [True, True, True, False]

@@ -25,6 +25,7 @@ from specjax.models.cache import commit, init_cache
 from specjax.models.config import ModelConfig
 from specjax.models.params import init_params
 from specjax.sampling import GREEDY, Sampling
+from specjax.drafters.base import Prompt, TargetOutputs
 from tests.drafters.conftest import N_NEW, PROMPTS
 from tests.law import chi2_pooled
 from tests.models.test_decoder import zeroed_model
@@ -102,8 +103,8 @@ def test_propose_matches_plain_python_chain_with_early_exit(tiny4, drafter):
         d = Swift(cfg, num_drafts=K, threshold=thr, skip_ratio=0.5)
         runs = np.array([[1, 0, 1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 1, 0, 0, 1],
                          [1, 0, 0, 1, 1, 1, 1, 1], [1, 1, 0, 1, 1, 0, 1, 1]], bool)
-    state = jax.jit(d.init, static_argnums=3)(params, jnp.asarray(tokens), jnp.asarray(lengths),
-                                              32)  # no target cache: the drafter's own prefill
+    state = jax.jit(lambda p, t, n: d.init(p, Prompt(t, n, 32), TargetOutputs()))(
+        params, jnp.asarray(tokens), jnp.asarray(lengths))  # no target cache: its own prefill
     if drafter != "kangaroo":
         state = state.replace(skip=jnp.asarray(~runs))
     roots = jnp.asarray([4, 13, 8, 17], jnp.int32)
@@ -139,7 +140,7 @@ def run_steps(d, tiny, num_steps, S=64):
     tokens, lengths = decode.pad_prompts(prompts, bucket=16)
     tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
     _, tcache = _prefill(params, cfg, tokens, lengths, init_cache(cfg, len(prompts), S))
-    state = jax.jit(d.init, static_argnums=3)(params, tokens, lengths, S)
+    state = jax.jit(lambda p, t, n: d.init(p, Prompt(t, n, S), TargetOutputs()))(params, tokens, lengths)
 
     def check(dcache, tcache):
         np.testing.assert_array_equal(dcache.length, tcache.length)
@@ -157,7 +158,7 @@ def run_steps(d, tiny, num_steps, S=64):
                                                              trees.ancestor_mask(tree)))
         res = verify.greedy(jax.random.key(1), tree, jnp.exp(out.logits), prop.draft_probs)
         tcache = commit(tcache, out.kv, res.path, res.num_accepted + 1)
-        state = d.update(params, prop.state, tree, res, out.logits, target_kv=out.kv)
+        state = d.update(params, prop.state, tree, res, TargetOutputs(logits=out.logits, kv=out.kv))
         return state, tcache, res
 
     check(state.cache, tcache)
@@ -170,8 +171,8 @@ def run_steps(d, tiny, num_steps, S=64):
         accepted += int(res.num_accepted.sum())
         states.append(state)
     assert accepted > 0
-    with pytest.raises(ValueError, match="target_kv"):
-        d.update(params, state, None, res, None)
+    with pytest.raises(ValueError, match="keys/values of the verified tree"):
+        d.update(params, state, None, res, TargetOutputs())
     return states, step
 
 
@@ -223,8 +224,8 @@ def run_law(params, drafter, key=0):
 class UniformQKangaroo(Kangaroo):
     """Mutant: same drafts, but claims they were drawn from a uniform q."""
 
-    def propose(self, *a):
-        prop = super().propose(*a)
+    def propose(self, *a, **kw):
+        prop = super().propose(*a, **kw)
         return prop.replace(draft_probs=jnp.full_like(prop.draft_probs, 1 / 3))
 
 
@@ -303,7 +304,7 @@ def test_bad_input():
     d = Kangaroo(CFG, exit_layer=2)
     kv = jnp.zeros((4, 1, 3, 2, 16))  # wrong head dim
     with pytest.raises(ValueError, match="pass the target's own ModelConfig"):
-        d.update(None, None, None, None, None, target_kv=decoder.KVBlock(k=kv, v=kv))
+        d.update(None, None, None, None, TargetOutputs(kv=decoder.KVBlock(k=kv, v=kv)))
 
 
 @pytest.mark.slow

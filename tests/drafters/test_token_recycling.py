@@ -10,6 +10,7 @@ import pytest
 from specjax import decode, trees, verify
 from specjax.drafters import token_recycling as tr
 from specjax.verify.result import VerifyResult
+from specjax.drafters.base import Prompt, TargetOutputs
 from tests.drafters.conftest import check_greedy_identity
 
 
@@ -93,15 +94,15 @@ def test_bad_input():
         tr.TokenRecycling(vocab_size=3, k=8, template=[[0]])
     d = tr.TokenRecycling(vocab_size=10, k=2, template=[[0], [1]])
     with pytest.raises(ValueError, match="shape"):
-        d.init(jnp.zeros((10, 3), jnp.int32), jnp.zeros((1, 4), jnp.int32), jnp.ones(1), 8)
-    warm = d.init(jnp.ones((10, 2), jnp.int32), jnp.zeros((2, 4), jnp.int32), jnp.ones(2), 8)
+        d.init(jnp.zeros((10, 3), jnp.int32), Prompt(jnp.zeros((1, 4), jnp.int32), jnp.ones(1), 8), TargetOutputs())
+    warm = d.init(jnp.ones((10, 2), jnp.int32), Prompt(jnp.zeros((2, 4), jnp.int32), jnp.ones(2), 8), TargetOutputs())
     assert warm.matrix.shape == (2, 10, 2) and (warm.matrix == 1).all()
     tree = trees.Tree(tokens=jnp.zeros((1, 3), jnp.int32), parent=jnp.asarray([[-1, 0, 0]]),
                       valid=jnp.ones((1, 3), bool))
     res = VerifyResult.at_node(tree, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))
     with pytest.raises(ValueError, match="vocabulary of 10 tokens but the target has 12"):
-        d.update(None, d.init(None, jnp.zeros((1, 4), jnp.int32), jnp.ones(1), 8), tree, res,
-                 jnp.zeros((1, 3, 12)))
+        cold = d.init(None, Prompt(jnp.zeros((1, 4), jnp.int32), jnp.ones(1), 8), TargetOutputs())
+        d.update(None, cold, tree, res, TargetOutputs(logits=jnp.zeros((1, 3, 12))))
 
 
 def test_deterministic_rule_exact_law():
@@ -115,7 +116,7 @@ def test_deterministic_rule_exact_law():
     p = rng.dirichlet(np.ones(V), size=9)
     tree = trees.Tree(tokens=jnp.asarray(tokens[None]), parent=jnp.asarray(parent[None]),
                       valid=jnp.asarray(valid[None]))
-    law = jax.jit(lambda t, p: tr.deterministic_tree().law(t, p).joint())
+    law = jax.jit(lambda t, p: verify.deterministic_tree().law(t, p).joint())
     joint = np.asarray(law(tree, jnp.asarray(p[None], jnp.float32))[0])
     reach = np.zeros(9)
     reach[0] = 1.0
@@ -147,7 +148,7 @@ SMALL = ((0,), (1,), (0, 0), (1, 0))  # depth 2: windows of 4 tokens see a wrong
 ])
 def test_sampling_law(markov_law, verifier):
     d = tr.TokenRecycling(markov_law.V, k=2, template=SMALL)
-    v = (tr.deterministic_tree(d.max_children) if verifier == "deterministic_tree"
+    v = (verify.deterministic_tree(d.max_children) if verifier == "deterministic_tree"
          else verify.tree_rrs(replacement=False, max_children=d.max_children))
     toks, out = markov_law.run(d, v, num_new=10)
     for p in markov_law.pvalues(toks, 4):

@@ -11,6 +11,7 @@ from specjax.models import decoder
 from specjax.models.config import ModelConfig
 from specjax.models.lm import DecoderLM
 from specjax.models.params import abstract_params, param_shapes
+from specjax.sampling import GREEDY
 
 QWEN = dict(arch="qwen2", qkv_bias=True, rope_theta=1e6, norm_eps=1e-6, head_dim=128)
 REAL = {
@@ -53,7 +54,7 @@ def test_eval_shape_of_speculative_loop():
     out = jax.eval_shape(
         lambda tp, dp, t, l: decode.speculative_loop(
             tp, dp, t, l, jax.random.key(0), target=DecoderLM(cfg), method=method,
-            max_new_tokens=128, sampling=decode.GREEDY, eos_ids=(151645,), max_len=1024),
+            max_new_tokens=128, sampling=GREEDY, eos_ids=(151645,), max_len=1024),
         abstract_params(cfg), abstract_params(dcfg), jax.ShapeDtypeStruct((4, 256), jnp.int32),
         jax.ShapeDtypeStruct((4,), jnp.int32))
     gen, stats = out

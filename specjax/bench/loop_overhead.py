@@ -1,0 +1,290 @@
+"""What the speculative loop costs beyond its forwards.
+
+Two measurements on the same prompts, methods interleaved (every repeat runs
+every method once, so machine noise hits all of them):
+
+(a) *Loop overhead per token*: a method that verifies only the root on every
+    step (a `FixedLength(0)` policy: nothing is drafted, one token per target
+    forward) against the autoregressive loop. With a model-free drafter
+    (prompt lookup) this is the bare cost of the speculative loop's
+    bookkeeping; with a draft model the draft must still catch up on every
+    committed token, eagerly (`max_pending=1`: one draft forward per step) or
+    lazily (`max_pending=P`: one forward of up to P queued tokens), and the
+    expected time adds those forwards.
+(b) *Step cost*: a draft-model chain of k drafts, measured time per step
+    against the sum of its bare forwards (k draft forwards of one token, one
+    target forward of k + 1 tokens, and the pending-leaf catch-up forward on
+    the steps that accepted every draft).
+
+Times are decode-phase only: each loop's prefills (the target's and, for a
+draft model, the draft's) are timed separately and subtracted. Bare forwards
+are jitted forwards against a cache of the loop's own size holding the mean
+context of the run (`bare_forward_time`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax import decode, policies, verify
+from specjax.drafters.draft_model import DraftModel
+from specjax.drafters.prompt_lookup import PromptLookup
+from specjax.models import decoder
+from specjax.models.lm import LanguageModel
+from specjax.sampling import GREEDY
+
+
+def bare_forward_time(lm: LanguageModel, params, *, num_tokens: int, context: int, max_len: int,
+                      repeats: int = 7) -> float:
+    """Median seconds of one jitted forward of `num_tokens` tokens (chain mask)
+    against a cache of `max_len` slots holding `context` tokens."""
+    cache = lm.init_cache(1, max_len)
+    toks = jnp.ones((1, context), jnp.int32)
+    _, cache = jax.jit(lm.prefill)(params, toks, jnp.full((1,), context, jnp.int32), cache)
+    new = jnp.ones((1, num_tokens), jnp.int32)
+    pos = context + jnp.arange(num_tokens)[None]
+    mask = decoder.attention_mask(lm.cache_length(cache), max_len,
+                                  decoder.causal_mask(1, num_tokens))
+    fwd = jax.jit(lambda p, c: lm.forward(p, new, pos, c, mask))
+    return median_seconds(lambda: fwd(params, cache), repeats)
+
+
+def prefill_time(lm: LanguageModel, params, tokens, lengths, max_len: int,
+                 repeats: int = 5) -> float:
+    """Median seconds of the jitted prefill of `tokens` into an empty cache."""
+    fn = jax.jit(lambda p, t, n: lm.prefill(p, t, n, lm.init_cache(t.shape[0], max_len)))
+    return median_seconds(lambda: fn(params, tokens, lengths), repeats)
+
+
+def median_seconds(fn: Callable, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclasses.dataclass
+class Row:
+    """One method on one prompt: decode-phase seconds and what the loop did."""
+
+    method: str
+    prompt: int
+    seconds: float  # median total loop time
+    decode_seconds: float  # minus the prefills
+    tokens: int
+    steps: int
+    draft_forwards: float  # draft forwards of the decode phase (model drafters)
+    identical: bool  # same tokens as the autoregressive loop
+
+
+def methods(target: LanguageModel, draft: LanguageModel | None, k: int,
+            lazy: int) -> dict[str, decode.Method | None]:
+    """The methods of (a) and (b); None = the autoregressive loop."""
+    never = policies.FixedLength(0)
+    out: dict[str, decode.Method | None] = {
+        "autoregressive": None,
+        "null_pld": decode.Method(PromptLookup(target.vocab_size, num_drafts=k), verify.greedy,
+                                  never),
+    }
+    if draft is not None:
+        out["null_draft_eager"] = decode.Method(DraftModel.chain(draft, k), verify.greedy, never)
+        out["null_draft_lazy"] = decode.Method(DraftModel.chain(draft, k, max_pending=lazy),
+                                               verify.greedy, never)
+        out[f"chain_k{k}"] = decode.Method(DraftModel.chain(draft, k), verify.greedy)
+    return out
+
+
+def measure(target: LanguageModel, target_params, draft: LanguageModel | None, draft_params,
+            prompts: Sequence[Sequence[int]], *, max_new_tokens: int, k: int = 4,
+            lazy: int = 16, repeats: int = 5, log: Callable[[str], None] = print) -> dict:
+    """Runs (a) and (b) on each prompt (batch 1, greedy); see the module docstring.
+
+    Returns a dict with `rows` (list of `Row` as dicts), `bare` (bare forward
+    seconds per prompt) and `summary` (medians over prompts of the ratios).
+    """
+    ms = methods(target, draft, k, lazy)
+    rows, bare = [], []
+    for i, ids in enumerate(prompts):
+        tokens, lengths, max_len = decode.prepare_prompts(target, [ids], max_new_tokens, None,
+                                                          extra=k + 1)
+        key = jax.random.key(0)
+        calls = {}
+        for name, m in ms.items():
+            if m is None:
+                calls[name] = lambda: decode.autoregressive_loop(
+                    target_params, tokens, lengths, key, model=target,
+                    max_new_tokens=max_new_tokens, sampling=GREEDY, eos_ids=(), max_len=max_len)
+            else:
+                calls[name] = (lambda m=m: decode.speculative_loop(
+                    target_params, draft_params, tokens, lengths, key, target=target, method=m,
+                    max_new_tokens=max_new_tokens, sampling=GREEDY, eos_ids=(),
+                    max_len=max_len))
+        outs = {name: jax.block_until_ready(fn()) for name, fn in calls.items()}  # compile
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(repeats):
+            for name, fn in calls.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn())
+                times[name].append(time.perf_counter() - t0)
+        ctx = int(lengths[0]) + max_new_tokens // 2
+        b = {"target_prefill": prefill_time(target, target_params, tokens, lengths, max_len),
+             "target_1": bare_forward_time(target, target_params, num_tokens=1, context=ctx,
+                                           max_len=max_len),
+             f"target_{k + 1}": bare_forward_time(target, target_params, num_tokens=k + 1,
+                                                  context=ctx, max_len=max_len)}
+        if draft is not None:
+            b["draft_prefill"] = prefill_time(draft, draft_params, tokens, lengths, max_len)
+            b["draft_1"] = bare_forward_time(draft, draft_params, num_tokens=1, context=ctx,
+                                             max_len=max_len)
+            b[f"draft_{lazy}"] = bare_forward_time(draft, draft_params, num_tokens=lazy,
+                                                   context=ctx, max_len=max_len)
+        bare.append(b)
+        ref = np.asarray(outs["autoregressive"].tokens)[0]
+        for name, m in ms.items():
+            out = outs[name]
+            gen, stats = (out, None) if m is None else out
+            n = int(gen.num_tokens[0])
+            steps = n - 1 if stats is None else int(stats.steps[0])
+            drafted = m is not None and isinstance(m.drafter, DraftModel)
+            prefills = b["target_prefill"] + (b["draft_prefill"] if drafted else 0.0)
+            total = statistics.median(times[name])
+            rows.append(Row(name, i, total, total - prefills, n, steps,
+                            draft_forwards(name, stats, steps, k, lazy) if drafted else 0.0,
+                            bool(np.array_equal(np.asarray(gen.tokens)[0][:n], ref[:n]))))
+            log(f"prompt {i} {name:18s} {1e3 * rows[-1].decode_seconds / n:8.2f} ms/token  "
+                f"steps {steps}")
+    return {"rows": [dataclasses.asdict(r) for r in rows], "bare": bare,
+            "summary": summarize(rows, bare, k, lazy)}
+
+
+def draft_forwards(name: str, stats, steps: int, k: int, lazy: int) -> float:
+    """Draft forwards a draft-model method ran after its prefill (catch-up included,
+    counted in forwards of one token; a lazy catch-up of up to `lazy` tokens counts
+    as one forward of `lazy` tokens, see `expected_seconds`)."""
+    if name == "null_draft_eager":
+        return float(steps)  # every committed token is fed at the next step
+    if name == "null_draft_lazy":
+        return float(-(-steps // lazy))  # one queue flush per `lazy` tokens
+    full = int(np.asarray(stats.accept_hist)[0, k])  # steps that accepted every draft
+    return float(k * steps + full)
+
+
+def expected_seconds(row: Row, bare: dict, k: int, lazy: int) -> float:
+    """The decode phase's sum of bare forwards for the row's method."""
+    if row.method in ("autoregressive", "null_pld"):
+        return row.steps * bare["target_1"]
+    if row.method == "null_draft_eager":
+        return row.steps * (bare["target_1"] + bare["draft_1"])
+    if row.method == "null_draft_lazy":
+        return row.steps * bare["target_1"] + row.draft_forwards * bare[f"draft_{lazy}"]
+    return row.steps * bare[f"target_{k + 1}"] + row.draft_forwards * bare["draft_1"]
+
+
+def summarize(rows: Sequence[Row], bare: Sequence[dict], k: int, lazy: int) -> dict:
+    """Medians over prompts: per-token time relative to the autoregressive loop,
+    and measured decode time relative to the sum of its bare forwards."""
+    by = {}
+    for r in rows:
+        by.setdefault(r.method, []).append(r)
+    ar = {r.prompt: r.decode_seconds / r.tokens for r in by["autoregressive"]}
+    out = {}
+    for name, rs in by.items():
+        out[name] = {
+            "ms_per_token": 1e3 * statistics.median(r.decode_seconds / r.tokens for r in rs),
+            "vs_autoregressive": statistics.median(
+                (r.decode_seconds / r.tokens) / ar[r.prompt] for r in rs),
+            "vs_bare_forwards": statistics.median(
+                r.decode_seconds / expected_seconds(r, bare[r.prompt], k, lazy) for r in rs),
+            "ms_per_step": 1e3 * statistics.median(r.decode_seconds / r.steps for r in rs),
+            "tokens_per_step": statistics.median(r.tokens / max(r.steps, 1) for r in rs),
+            "identical": all(r.identical for r in rs),
+        }
+    return out
+
+
+# -- experiment ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOverheadConfig:
+    """`configs/loop_overhead.py`: target, draft ("" = none, "self:L", an asset),
+    prompts (HumanEval / Spec-Bench selection), tokens per prompt, k, the lazy
+    queue length and timed repeats per prompt."""
+
+    target: str = "smollm2-135m"
+    draft: str = "self:10"
+    dtype: str = "float32"
+    layout: str = "auto"
+    chat: bool = False
+    max_prompt_tokens: int = 512
+    max_new_tokens: int = 128
+    k: int = 4
+    lazy: int = 16
+    repeats: int = 5
+    prompts: object = None  # bench.experiment.PromptConfig
+
+
+def from_config_dict(c) -> LoopOverheadConfig:
+    from specjax.bench.experiment import PromptConfig, checked_keys
+
+    d = checked_keys(LoopOverheadConfig, c.to_dict() if hasattr(c, "to_dict") else c, "config")
+    d["prompts"] = PromptConfig(**checked_keys(PromptConfig, d.get("prompts") or {},
+                                               "config.prompts"))
+    return LoopOverheadConfig(**d)
+
+
+def run_experiment(cfg: LoopOverheadConfig, workdir, log: Callable[[str], None] = print) -> dict:
+    """Loads the models and prompts, runs `measure`, writes workdir/results.json and
+    table.md; returns the result (with the table under "table")."""
+    import json
+    import os
+    import platform
+    from pathlib import Path
+
+    from specjax.bench.experiment import jsonable, load_models
+    from specjax.bench.theory_experiment import select_prompts
+    from specjax.models import loading
+    from specjax.models.layout import cpu_name
+    from specjax.models.lm import DecoderLM
+
+    tok = loading.load_tokenizer(cfg.target, progress=False)
+    items = select_prompts(tok, cfg.prompts, cfg.chat, cfg.max_prompt_tokens, log)
+    (tcfg, tparams), draft = load_models(cfg.target, cfg.draft, cfg.dtype, cfg.layout,
+                                         progress=False)
+    result = measure(DecoderLM(tcfg), tparams, None if draft is None else DecoderLM(draft[0]),
+                     None if draft is None else draft[1], [it.ids for it in items],
+                     max_new_tokens=cfg.max_new_tokens, k=cfg.k, lazy=cfg.lazy,
+                     repeats=cfg.repeats, log=log)
+    result["config"] = jsonable(dataclasses.asdict(cfg))
+    result["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(),
+                         "python": platform.python_version(), "jax": jax.__version__,
+                         "loadavg_after": os.getloadavg()}
+    result["table"] = table(result["summary"], cfg)
+    out = Path(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(jsonable(result), indent=1))
+    (out / "table.md").write_text(result["table"] + "\n")
+    return result
+
+
+def table(summary: dict, cfg: LoopOverheadConfig) -> str:
+    lines = [f"Loop overhead: {cfg.target} (draft {cfg.draft or 'none'}), {cfg.max_new_tokens} "
+             f"tokens per prompt, medians over prompts", "",
+             "| method | ms/token | vs autoregressive | vs bare forwards | ms/step | tokens/step "
+             "| identical |", "|---|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        lines.append(f"| {name} | {s['ms_per_token']:.2f} | {s['vs_autoregressive']:.3f} | "
+                     f"{s['vs_bare_forwards']:.3f} | {s['ms_per_step']:.2f} | "
+                     f"{s['tokens_per_step']:.2f} | {s['identical']} |")
+    return "\n".join(lines)
+
