@@ -83,6 +83,7 @@ from specjax.drafters.bigram import Bigram
 from specjax.models import decoder
 from specjax.sampling import Sampling, process_logits, sample
 from specjax.verify import laws
+from specjax.models import cache as kvcache
 
 
 @runtime_checkable
@@ -196,7 +197,7 @@ def feed(model, params, cache, tokens: jax.Array, start, write: jax.Array | None
     mask = decoder.attention_mask(first, s, decoder.causal_mask(b, t))  # [B, T, S + T]
     logits, kv = model.forward(params, tokens, positions, cache, mask)
     slots = positions if write is None else jnp.where(write, positions, s)
-    return logits, model.write_slots(cache, kv, slots)
+    return logits, model.write_slots(cache, kvcache.after(kv, logits), slots)
 
 
 def catch_up(model, params, st: ModelState, x: jax.Array, lo: int, first: bool):

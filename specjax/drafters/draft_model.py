@@ -57,6 +57,7 @@ from specjax.models import decoder
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 from specjax.verify import laws
+from specjax.models import cache as kvcache
 
 CHILD_RULES = ("iid", "without_replacement", "topk", "greedy_draft")
 
@@ -188,8 +189,9 @@ class DraftModel(DrafterBase):
         state, base, rel, in_tree = provisional_slots(model, params, state, N, feed=drafts)
         cache = state.cache
 
-        def level(d, nodes, carry):  # one draft forward over the nodes of depth d
-            cache, tokens, q, key = carry
+        def level(d, nodes, tokens, key):  # one draft forward over the nodes of depth d
+            """Reads the cache only: (keys/values of the nodes, their q rows [B, T, V],
+            the next level's tokens)."""
             T = len(nodes)
             # cache slots visible to node i: committed ones and its ancestors' provisional slots
             anc_rows = anc[nodes][:, jnp.clip(rel, 0, N - 1)]  # [T, B, S]
@@ -198,32 +200,39 @@ class DraftModel(DrafterBase):
             mask = jnp.concatenate([cache_mask, new_mask], axis=-1)
             positions = jnp.broadcast_to(base[:, None] + d, (B, T))
             logits, kv = model.forward(params, tokens[:, nodes], positions, cache, mask)
-            cache = model.write_slots(cache, kv, base[:, None] + jnp.asarray(nodes)[None])
             logq = process_logits(logits, sampling)  # [B, T, V]
-            q = q.at[:, nodes].set(jnp.exp(logq))
-            key, sub = jax.random.split(key)
-            children = levels[d + 1]
-            tokens = tokens.at[:, children].set(
-                self._draw_children(sub, nodes, children, parents, logits, logq, sampling))
-            return cache, tokens, q, key
+            children = self._draw_children(key, nodes, levels[d + 1], parents, logits, logq,
+                                           sampling)
+            return kvcache.after(kv, logits), jnp.exp(logq), children
 
-        carry = (cache, tokens0, q0, key)
+        tokens, q = tokens0, q0
         run = jnp.ones((), bool)  # every level so far was forwarded
         levels_run = jnp.zeros((), jnp.int32)
         for d, nodes in enumerate(levels[:-1]):
-            step = functools.partial(level, d, nodes)
+            key, sub = jax.random.split(key)
+            step = functools.partial(level, d, nodes, tokens, sub)
+            slots = base[:, None] + jnp.asarray(nodes)[None]  # [B, T]
             if expand is None:
-                carry = step(carry)
+                kv, q_rows, children = step()
             else:
                 if d == 0:
                     run = drafts
                 else:
-                    partial = trees.Tree(tokens=carry[1], parent=parent_rows,
+                    partial = trees.Tree(tokens=tokens, parent=parent_rows,
                                          valid=jnp.ones((B, N), bool))
-                    run = run & jnp.any(expand(partial, carry[2])[:, nodes])
-                carry = jax.lax.cond(run, step, lambda c: c, carry)
+                    run = run & jnp.any(expand(partial, q)[:, nodes])
+                # the branches return the level's outputs, never the cache (no copy of it):
+                # a skipped level writes nothing (slot S is dropped) and leaves zeros
+                shapes = jax.eval_shape(step)
+                kv, q_rows, children = jax.lax.cond(
+                    run, step, lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                                    shapes))
+                slots = jnp.where(run, slots, model.max_len(cache))
+            # in place: the cache is written once per level, outside any branch
+            cache = model.write_slots(cache, kv, slots)
+            q = q.at[:, nodes].set(q_rows)
+            tokens = tokens.at[:, levels[d + 1]].set(children)
             levels_run = levels_run + run.astype(jnp.int32)
-        cache, tokens, q, _ = carry
         tree = trees.Tree(tokens=tokens, parent=parent_rows, valid=jnp.ones((B, N), bool))
         return Proposal(tree=tree, draft_probs=q,
                         state=state.replace(cache=cache, levels_run=levels_run))
@@ -272,17 +281,22 @@ def feed_block(model: LanguageModel, params, cache, block, count, widths=None):
     if widths[-1] != P or widths[0] < 1:
         raise ValueError(f"feed widths must lie in [1, {P}] and include {P}; got {widths}")
 
-    def run(w, c):
-        base = model.cache_length(c)
+    base = model.cache_length(cache)
+
+    def run(w):  # reads the cache only; keys/values of the first w tokens, padded to P
         positions = base[:, None] + jnp.arange(w)[None, :]
-        mask = decoder.attention_mask(base, model.max_len(c), decoder.causal_mask(B, w))
-        _, kv = model.forward(params, block[:, :w], positions, c, mask)
-        return model.commit(c, kv, jnp.broadcast_to(jnp.arange(w), (B, w)), count)
+        mask = decoder.attention_mask(base, model.max_len(cache), decoder.causal_mask(B, w))
+        logits, kv = model.forward(params, block[:, :w], positions, cache, mask)
+        pad = lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, P - w)] + [(0, 0)] * (x.ndim - 3))  # noqa: E731
+        return jax.tree.map(pad, kvcache.after(kv, logits))  # KVBlock [L, B, P, K, H]
 
     need = jnp.max(count)
     branch = jnp.where(need > 0, 1 + jnp.sum(jnp.asarray(widths) < need), 0)
-    return jax.lax.switch(branch, [lambda c: c] + [functools.partial(run, w) for w in widths],
-                          cache)
+    shapes = jax.eval_shape(functools.partial(run, P))
+    nothing = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)  # noqa: E731
+    # the branches return keys/values, never the cache (no copy of it); one commit outside
+    kv = jax.lax.switch(branch, [nothing] + [functools.partial(run, w) for w in widths])
+    return model.commit(cache, kv, jnp.broadcast_to(jnp.arange(P), (B, P)), count)
 
 
 def feed_pending(model: LanguageModel, params, state, feed=True):

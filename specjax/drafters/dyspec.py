@@ -107,6 +107,7 @@ from specjax.drafters.draft_model import (
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 from specjax.verify import laws
+from specjax.models import cache as kvcache
 
 NEG_INF = -jnp.inf
 
@@ -301,7 +302,8 @@ class DySpec(DrafterBase):
                 [cache_mask, jnp.broadcast_to(jnp.eye(T, dtype=bool), (B, T, T))], axis=-1)
             positions = base[:, None] + g.depth[:, nodes]
             logits, kv = model.forward(params, g.tokens[:, nodes], positions, g.cache, mask)
-            new_cache = model.write_slots(g.cache, kv, base[:, None] + nodes[None])
+            new_cache = model.write_slots(g.cache, kvcache.after(kv, logits),
+                                          base[:, None] + nodes[None])
             logq = process_logits(logits, sampling)  # [B, T, V]
             gumbel = None if sampling.greedy else self.gumbels(key, nodes, B)
             tok, score, child = self._candidates(logits, logq, g.logpath[:, nodes], gumbel,

@@ -126,7 +126,7 @@ def draft_chain(
         # a chain's provisional slots base..base+d-1 are exactly node d's ancestors
         mask = decoder.attention_mask(slot, S, one)  # [B, 1, S + 1]
         logits, kv = forward(node, slot[:, None], cache, mask)
-        cache = kvcache.write_slots(cache, kv, slot[:, None])
+        cache = kvcache.write_slots(cache, kvcache.after(kv, logits), slot[:, None])
         logits = logits[:, 0]  # [B, V]
         logq = process_logits(logits, sampling)
         key, sub = jax.random.split(key)

@@ -78,6 +78,7 @@ from specjax.drafters.draft_model import (
 from specjax.models.lm import LanguageModel
 from specjax.sampling import Sampling, process_logits
 from specjax.verify import laws
+from specjax.models import cache as kvcache
 
 NEG_INF = -jnp.inf
 
@@ -266,7 +267,7 @@ class StochasticBeam(DrafterBase):
                 [cache_mask, jnp.broadcast_to(jnp.eye(T, dtype=bool), (B, T, T))], axis=-1)
             positions = jnp.broadcast_to(base[:, None] + d, (B, T))
             logits, kv = model.forward(params, tokens[:, nodes], positions, cache, mask)
-            cache = model.write_slots(cache, kv, base[:, None] + nodes[None])
+            cache = model.write_slots(cache, kvcache.after(kv, logits), base[:, None] + nodes[None])
             logq = process_logits(logits, sampling)  # [B, T, V]
             q = q.at[:, nodes].set(jnp.exp(logq))
             # greedy: rank by the raw draft log-probabilities (logq is one-hot)

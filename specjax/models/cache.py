@@ -61,6 +61,25 @@ def abstract_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KV
     return jax.eval_shape(lambda: init_cache(cfg, batch, max_len, dtype))
 
 
+def after(new, logits: jax.Array):
+    """`new` (a KVBlock, or any pytree of arrays; None passes) made to depend on `logits`.
+
+    A forward reads the cache in every layer, then its keys/values are written
+    back into the same cache. When the write does not depend on every read (it
+    never does through the last layer's attention, and an autoregressive
+    commit's slots do not depend on the logits at all), XLA cannot order the
+    in-place update after the reads and copies the whole cache, k and v, on
+    every step (seen in the compiled loops: 2-4 whole-cache copies per token).
+    Adding `0 * (logits[0...] > 0)` (exactly zero, never NaN, not folded by
+    XLA for floats) to the block makes the write depend on the logits, hence
+    on every read, and the update happens in place.
+    """
+    if new is None:
+        return None
+    zero = (logits.reshape(-1)[0] > 0).astype(jnp.float32) * 0.0
+    return jax.tree.map(lambda x: x + zero.astype(x.dtype), new)
+
+
 def write_slots(cache: KVCache, new: KVBlock, slots: jax.Array) -> KVCache:
     """Writes new token t of row b at slot `slots[b, t]`; lengths are unchanged.
 

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from specjax.models.cache import KVBlock, KVCache, commit
+from specjax.models.cache import after as kvcache_after
 from specjax.models.config import ModelConfig, Params
 from specjax.models.linear import dense
 
@@ -342,4 +343,5 @@ def decode_step(
     mask = attention_mask(cache.length, cache.max_len, causal_mask(B, 1))
     out = forward(params, cfg, token[:, None], positions, cache, mask)
     count = jnp.ones((B,), jnp.int32) if active is None else active.astype(jnp.int32)
-    return out.logits[:, 0], commit(cache, out.kv, jnp.zeros((B, 1), jnp.int32), count)
+    kv = kvcache_after(out.kv, out.logits)  # in place: after every read of the cache
+    return out.logits[:, 0], commit(cache, kv, jnp.zeros((B, 1), jnp.int32), count)
