@@ -30,7 +30,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     if arg == "qwen":
         c.target = "qwen2.5-coder-1.5b"
         c.draft = "qwen2.5-coder-0.5b"
-        c.repeats = 3
+        c.max_new_tokens = 96
+        c.repeats = 2
+        c.prompts.humaneval = "0,10,20"
     elif arg == "tiny":
         c.max_new_tokens = 16
         c.repeats = 1

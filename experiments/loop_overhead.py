@@ -6,6 +6,8 @@ Writes table.md and results.json into `--workdir` (default
 workdir/loop_overhead); see specjax.bench.loop_overhead.
 """
 
+import functools
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -21,7 +23,8 @@ def main(argv):
     if _CONFIG.value is None:
         raise app.UsageError("--config is required (e.g. --config=configs/loop_overhead.py)")
     cfg = loop_overhead.from_config_dict(_CONFIG.value)
-    result = loop_overhead.run_experiment(cfg, _WORKDIR.value)
+    result = loop_overhead.run_experiment(cfg, _WORKDIR.value,
+                                          log=functools.partial(print, flush=True))
     print(result["table"])
     print(f"results in {_WORKDIR.value}")
 

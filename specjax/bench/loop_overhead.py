@@ -114,9 +114,12 @@ def measure(target: LanguageModel, target_params, draft: LanguageModel | None, d
     """
     ms = methods(target, draft, k, lazy)
     rows, bare = [], []
+    # one padded length and cache size for every prompt: each loop compiles once
+    bucket = -(-max(len(p) for p in prompts) // 32) * 32
+    max_len = decode.cache_size(bucket, max_new_tokens, extra=k + 1)
     for i, ids in enumerate(prompts):
-        tokens, lengths, max_len = decode.prepare_prompts(target, [ids], max_new_tokens, None,
-                                                          extra=k + 1)
+        tokens, lengths = (jnp.asarray(a) for a in decode.pad_prompts([ids], bucket=bucket))
+        decode.check_tokens(np.asarray(tokens), target.vocab_size)
         key = jax.random.key(0)
         calls = {}
         for name, m in ms.items():
@@ -251,12 +254,13 @@ def run_experiment(cfg: LoopOverheadConfig, workdir, log: Callable[[str], None] 
     import platform
     from pathlib import Path
 
-    from specjax.bench.experiment import jsonable, load_models
+    from specjax.bench.experiment import enable_compilation_cache, jsonable, load_models
     from specjax.bench.theory_experiment import select_prompts
     from specjax.models import loading
     from specjax.models.layout import cpu_name
     from specjax.models.lm import DecoderLM
 
+    enable_compilation_cache()
     tok = loading.load_tokenizer(cfg.target, progress=False)
     items = select_prompts(tok, cfg.prompts, cfg.chat, cfg.max_prompt_tokens, log)
     (tcfg, tparams), draft = load_models(cfg.target, cfg.draft, cfg.dtype, cfg.layout,
