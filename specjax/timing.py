@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +21,14 @@ from specjax.models.lm import LanguageModel, as_lm
 
 
 def forward_time(model: ModelConfig | LanguageModel, params, *, num_tokens: int = 1,
-                 batch: int = 1, context: int = 64, repeats: int = 5) -> float:
+                 batch: int = 1, context: int = 64, repeats: int = 5,
+                 max_len: int | None = None) -> float:
     """Median wall time (s) of one jitted forward of `num_tokens` new tokens
-    against a cache holding `context` tokens (compilation excluded)."""
+    against a cache holding `context` tokens (compilation excluded), in a cache
+    of `max_len` slots (default: just enough; attention reads every slot, so
+    pass a loop's own cache size to compare with it)."""
     lm = as_lm(model)
-    cache = lm.init_cache(batch, context + num_tokens + 1)
+    cache = lm.init_cache(batch, max_len or context + num_tokens + 1)
     tokens = jnp.zeros((batch, context), jnp.int32)
     _, cache = jax.jit(lm.prefill)(params, tokens, jnp.full((batch,), context, jnp.int32), cache)
     new = jnp.ones((batch, num_tokens), jnp.int32)
@@ -32,10 +36,16 @@ def forward_time(model: ModelConfig | LanguageModel, params, *, num_tokens: int 
     mask = decoder.attention_mask(lm.cache_length(cache), lm.max_len(cache),
                                   decoder.causal_mask(batch, num_tokens))
     fwd = jax.jit(lambda p, c: lm.forward(p, new, pos, c, mask)[0])
-    jax.block_until_ready(fwd(params, cache))
+    return median_seconds(lambda: fwd(params, cache), repeats)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time (s) of `fn()` (jitted work, awaited) over `repeats` calls
+    after one untimed call (compilation)."""
+    jax.block_until_ready(fn())
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(fwd(params, cache))
+        jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
     return statistics.median(times)

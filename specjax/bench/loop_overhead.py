@@ -19,7 +19,7 @@ every method once, so machine noise hits all of them):
 Times are decode-phase only: each loop's prefills (the target's and, for a
 draft model, the draft's) are timed separately and subtracted. Bare forwards
 are jitted forwards against a cache of the loop's own size holding the mean
-context of the run (`bare_forward_time`).
+context of the run (`specjax.timing.forward_time`).
 """
 
 from __future__ import annotations
@@ -36,24 +36,9 @@ import numpy as np
 from specjax import decode, policies, verify
 from specjax.drafters.draft_model import DraftModel
 from specjax.drafters.prompt_lookup import PromptLookup
-from specjax.models import decoder
 from specjax.models.lm import LanguageModel
 from specjax.sampling import GREEDY
-
-
-def bare_forward_time(lm: LanguageModel, params, *, num_tokens: int, context: int, max_len: int,
-                      repeats: int = 7) -> float:
-    """Median seconds of one jitted forward of `num_tokens` tokens (chain mask)
-    against a cache of `max_len` slots holding `context` tokens."""
-    cache = lm.init_cache(1, max_len)
-    toks = jnp.ones((1, context), jnp.int32)
-    _, cache = jax.jit(lm.prefill)(params, toks, jnp.full((1,), context, jnp.int32), cache)
-    new = jnp.ones((1, num_tokens), jnp.int32)
-    pos = context + jnp.arange(num_tokens)[None]
-    mask = decoder.attention_mask(lm.cache_length(cache), max_len,
-                                  decoder.causal_mask(1, num_tokens))
-    fwd = jax.jit(lambda p, c: lm.forward(p, new, pos, c, mask))
-    return median_seconds(lambda: fwd(params, cache), repeats)
+from specjax.timing import forward_time, median_seconds
 
 
 def prefill_time(lm: LanguageModel, params, tokens, lengths, max_len: int,
@@ -61,16 +46,6 @@ def prefill_time(lm: LanguageModel, params, tokens, lengths, max_len: int,
     """Median seconds of the jitted prefill of `tokens` into an empty cache."""
     fn = jax.jit(lambda p, t, n: lm.prefill(p, t, n, lm.init_cache(t.shape[0], max_len)))
     return median_seconds(lambda: fn(params, tokens, lengths), repeats)
-
-
-def median_seconds(fn: Callable, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 @dataclasses.dataclass
@@ -140,17 +115,15 @@ def measure(target: LanguageModel, target_params, draft: LanguageModel | None, d
                 jax.block_until_ready(fn())
                 times[name].append(time.perf_counter() - t0)
         ctx = int(lengths[0]) + max_new_tokens // 2
+        ctx_args = dict(context=ctx, max_len=max_len, repeats=7)
         b = {"target_prefill": prefill_time(target, target_params, tokens, lengths, max_len),
-             "target_1": bare_forward_time(target, target_params, num_tokens=1, context=ctx,
-                                           max_len=max_len),
-             f"target_{k + 1}": bare_forward_time(target, target_params, num_tokens=k + 1,
-                                                  context=ctx, max_len=max_len)}
+             "target_1": forward_time(target, target_params, num_tokens=1, **ctx_args),
+             f"target_{k + 1}": forward_time(target, target_params, num_tokens=k + 1,
+                                             **ctx_args)}
         if draft is not None:
             b["draft_prefill"] = prefill_time(draft, draft_params, tokens, lengths, max_len)
-            b["draft_1"] = bare_forward_time(draft, draft_params, num_tokens=1, context=ctx,
-                                             max_len=max_len)
-            b[f"draft_{lazy}"] = bare_forward_time(draft, draft_params, num_tokens=lazy,
-                                                   context=ctx, max_len=max_len)
+            b["draft_1"] = forward_time(draft, draft_params, num_tokens=1, **ctx_args)
+            b[f"draft_{lazy}"] = forward_time(draft, draft_params, num_tokens=lazy, **ctx_args)
         bare.append(b)
         ref = np.asarray(outs["autoregressive"].tokens)[0]
         for name, m in ms.items():
