@@ -121,7 +121,7 @@ def _scatter_nodes(x, perm, n: int, axis: int):
     return full.at[(slice(None),) * (axis - 1) + (rows, cols)].set(x)
 
 
-def _verify_at_width(width, target, target_params, verifier, sampling, hidden_layers, key,
+def _verify_at_width(width, target, target_params, verifier, sampling, features, key,
                      tree, perm, draft_probs, cache):
     """Target forward + verification over the first `width` nodes of a compacted
     tree; nothing is committed (the cache is only read).
@@ -130,7 +130,7 @@ def _verify_at_width(width, target, target_params, verifier, sampling, hidden_la
       tree: compacted tree [B, N] (valid nodes first); perm: int32[B, N] its
         drafted node indices (None = identity, width = N).
       draft_probs: [B, N, V] in compacted order.
-      hidden_layers: None = no hidden states, else the layers to return too.
+      features: the drafter's `TargetFeatures` (static).
 
     Returns:
       (VerifyResult, TargetOutputs with logits [B, N, V], kv [L, B, N, K, H]
@@ -143,13 +143,13 @@ def _verify_at_width(width, target, target_params, verifier, sampling, hidden_la
     length = target.cache_length(cache)
     positions = length[:, None] + trees.depth(sub)
     mask = decoder.attention_mask(length, target.max_len(cache), trees.ancestor_mask(sub))
-    if hidden_layers is None:
+    if features.hidden or features.layers:
+        t_logits, kv, hidden, layers = target.forward_features(
+            target_params, sub.tokens, positions, cache, mask, features.layers)
+        hidden, layers = _requested(features, hidden, layers)
+    else:
         t_logits, kv = target.forward(target_params, sub.tokens, positions, cache, mask)
         hidden = layers = None
-    else:
-        t_logits, kv, hidden, layers = target.forward_features(
-            target_params, sub.tokens, positions, cache, mask, hidden_layers)
-        layers = layers if hidden_layers else None
     t_probs = jnp.exp(process_logits(t_logits, sampling))  # [B, W, V]
     res = verifier(key, sub, t_probs, draft_probs[:, :width])
     out = TargetOutputs(logits=t_logits, hidden=hidden, layers=layers, kv=kv)
@@ -165,10 +165,9 @@ def _verify_at_width(width, target, target_params, verifier, sampling, hidden_la
     return res, out
 
 
-def _hidden_layers(drafter) -> tuple[int, ...] | None:
-    """The static hidden-state request of a drafter: None = none at all."""
-    f = drafter.target_features
-    return f.layers if (f.hidden or f.layers) else None
+def _requested(features, hidden, layers):
+    """(hidden, layers) with None for what `features` did not ask for."""
+    return (hidden if features.hidden else None), (layers if features.layers else None)
 
 
 @functools.partial(
@@ -197,13 +196,12 @@ def speculative_loop(
     drafter, verifier, policy = method.drafter, method.verifier, method.policy
     B, N = tokens.shape[0], drafter.num_nodes
     widths = method.verify_widths()
-    hidden_layers = _hidden_layers(drafter)
     feats = drafter.target_features
     init, prompt_features = start(target, target_params, tokens, lengths, key, sampling, eos_ids,
-                                  max_new_tokens, max_len, hidden_layers)
-    hidden, layers = prompt_features or (None, None)
-    at_prefill = TargetOutputs(hidden=hidden if feats.hidden else None,
-                               layers=layers if feats.layers else None, cache=init.cache)
+                                  max_new_tokens, max_len,
+                                  feats.layers if (feats.hidden or feats.layers) else None)
+    hidden, layers = _requested(feats, *(prompt_features or (None, None)))
+    at_prefill = TargetOutputs(hidden=hidden, layers=layers, cache=init.cache)
 
     def body(s: DecodeState) -> DecodeState:
         active = ~s.done
@@ -215,7 +213,7 @@ def speculative_loop(
             tree = policy.select(s.policy, tree, q)
         verify_at = functools.partial(_verify_at_width, target=target,
                                       target_params=target_params, verifier=verifier,
-                                      sampling=sampling, hidden_layers=hidden_layers,
+                                      sampling=sampling, features=feats,
                                       key=k_verify, cache=s.cache)
         if len(widths) == 1:
             res, out_t = verify_at(N, tree=tree, perm=None, draft_probs=q)
