@@ -63,7 +63,7 @@ from specjax.decode import state as state_lib
 from specjax.decode.speculative import SpecGeneration
 from specjax.decode.state import DecodeState, GenerateOutput, append_tokens
 from specjax.drafters.base import Prompt, TargetOutputs
-from specjax.drafters.draft_model import DraftModel
+from specjax.drafters.draft_model import DraftModel, zeros_of
 from specjax.models import decoder
 from specjax.models.config import ModelConfig
 from specjax.models.lm import LanguageModel, as_lm
@@ -223,11 +223,10 @@ def _both_split(axis: str):
 
     def both(target_fn, draft_fn, dstate):
         me = jax.lax.axis_index(axis)
-        zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
         t_shape = jax.eval_shape(target_fn)
-        (logits, kv) = jax.lax.cond(me == 0, target_fn, lambda: zeros(t_shape))
+        (logits, kv) = jax.lax.cond(me == 0, target_fn, lambda: zeros_of(t_shape))
         d_shared = jax.eval_shape(draft_fn, dstate)[0]
-        shared, dstate = jax.lax.cond(me == 1, draft_fn, lambda d: (zeros(d_shared), d), dstate)
+        shared, dstate = jax.lax.cond(me == 1, draft_fn, lambda d: (zeros_of(d_shared), d), dstate)
         logits, shared = jax.lax.psum((logits, shared), axis)
         return (logits, kv), (shared, dstate)
 

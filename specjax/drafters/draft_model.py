@@ -224,9 +224,7 @@ class DraftModel(DrafterBase):
                 # the branches return the level's outputs, never the cache (no copy of it):
                 # a skipped level writes nothing (slot S is dropped) and leaves zeros
                 shapes = jax.eval_shape(step)
-                kv, q_rows, children = jax.lax.cond(
-                    run, step, lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                                                    shapes))
+                kv, q_rows, children = jax.lax.cond(run, step, lambda: zeros_of(shapes))
                 slots = jnp.where(run, slots, model.max_len(cache))
             # in place: the cache is written once per level, outside any branch
             cache = model.write_slots(cache, kv, slots)
@@ -261,6 +259,12 @@ class DraftModel(DrafterBase):
         return commit_path(self.model, state, tree, result, depth, state.levels_run)
 
 
+def zeros_of(shapes):
+    """Zeros shaped like a pytree of `jax.ShapeDtypeStruct`s (`jax.eval_shape` of a
+    branch): the output of the branch that skips the work."""
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+
 def prefilled_cache(model: LanguageModel, params, tokens, lengths, max_len: int):
     """The draft model's cache after prefilling the prompts (tokens int32[B, P])."""
     cache = model.init_cache(tokens.shape[0], max_len)
@@ -293,9 +297,9 @@ def feed_block(model: LanguageModel, params, cache, block, count, widths=None):
     need = jnp.max(count)
     branch = jnp.where(need > 0, 1 + jnp.sum(jnp.asarray(widths) < need), 0)
     shapes = jax.eval_shape(functools.partial(run, P))
-    nothing = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)  # noqa: E731
     # the branches return keys/values, never the cache (no copy of it); one commit outside
-    kv = jax.lax.switch(branch, [nothing] + [functools.partial(run, w) for w in widths])
+    kv = jax.lax.switch(branch, [lambda: zeros_of(shapes)]
+                        + [functools.partial(run, w) for w in widths])
     return model.commit(cache, kv, jnp.broadcast_to(jnp.arange(P), (B, P)), count)
 
 
