@@ -7,7 +7,9 @@
 (a) nothing drafted (FixedLength(0)) vs the autoregressive loop, with a
 model-free drafter and a draft model catching up eagerly and lazily; (b) a
 draft-model chain of k drafts: measured step time vs its bare forwards
-(`specjax.bench.loop_overhead`). HumanEval problems from the tuning split.
+(`specjax.bench.loop_overhead`); (c) SmartSpec with step costs calibrated on the
+loop vs bare forwards: measured vs modelled speedup (`specjax.bench.step_costs`).
+HumanEval problems from the tuning split.
 """
 
 from ml_collections import ConfigDict
@@ -25,6 +27,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.k = 4
     c.lazy = 16
     c.repeats = 5
+    c.smartspec_max_k = 4
+    c.smartspec_pending = 4
     c.prompts = ConfigDict(dict(spec_bench_path="", spec_bench_categories="", per_category=0,
                                 humaneval="0,10,20,30,40", max_turns=1))
     if arg == "qwen":
@@ -36,6 +40,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     elif arg == "tiny":
         c.max_new_tokens = 16
         c.repeats = 1
+        c.smartspec_max_k = 2
         c.prompts.humaneval = "0"
     elif arg not in (None, ""):
         raise ValueError(f"unknown loop_overhead variant {arg!r}; valid: '', 'qwen', 'tiny'")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,14 @@ def forward_time(model: ModelConfig | LanguageModel, params, *, num_tokens: int 
     return median_seconds(lambda: fwd(params, cache), repeats)
 
 
+def prefill_time(lm: LanguageModel, params, tokens, lengths, max_len: int,
+                 repeats: int = 5) -> float:
+    """Median seconds of the jitted prefill of `tokens` into an empty cache of
+    `max_len` slots (compilation excluded)."""
+    fn = jax.jit(lambda p, t, n: lm.prefill(p, t, n, lm.init_cache(t.shape[0], max_len)))
+    return median_seconds(lambda: fn(params, tokens, lengths), repeats)
+
+
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time (s) of `fn()` (jitted work, awaited) over `repeats` calls
     after one untimed call (compilation)."""
@@ -49,3 +57,17 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved_seconds(calls: Mapping[str, Callable[[], object]],
+                        repeats: int) -> dict[str, tuple[object, float]]:
+    """{name: (output, median seconds)}: each call compiled once (untimed), then
+    `repeats` rounds that run every call once, in order."""
+    outs = {name: jax.block_until_ready(fn()) for name, fn in calls.items()}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: (outs[name], statistics.median(times[name])) for name in calls}

@@ -16,6 +16,11 @@ every method once, so machine noise hits all of them):
     target forward of k + 1 tokens, and the pending-leaf catch-up forward on
     the steps that accepted every draft).
 
+(c) *Step costs* (`specjax.bench.step_costs`, with a draft model): SmartSpec with
+    its time model calibrated on the loop's own step time vs built from bare
+    forwards, both against the autoregressive loop: measured speedup and the
+    speedup the calibrated model predicts for the steps each run took.
+
 Times are decode-phase only: each loop's prefills (the target's and, for a
 draft model, the draft's) are timed separately and subtracted. Bare forwards
 are jitted forwards against a cache of the loop's own size holding the mean
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from typing import Callable, Sequence
 
 import jax
@@ -38,14 +42,7 @@ from specjax.drafters.draft_model import DraftModel
 from specjax.drafters.prompt_lookup import PromptLookup
 from specjax.models.lm import LanguageModel
 from specjax.sampling import GREEDY
-from specjax.timing import forward_time, median_seconds
-
-
-def prefill_time(lm: LanguageModel, params, tokens, lengths, max_len: int,
-                 repeats: int = 5) -> float:
-    """Median seconds of the jitted prefill of `tokens` into an empty cache."""
-    fn = jax.jit(lambda p, t, n: lm.prefill(p, t, n, lm.init_cache(t.shape[0], max_len)))
-    return median_seconds(lambda: fn(params, tokens, lengths), repeats)
+from specjax.timing import forward_time, interleaved_seconds, prefill_time
 
 
 @dataclasses.dataclass
@@ -107,13 +104,7 @@ def measure(target: LanguageModel, target_params, draft: LanguageModel | None, d
                     target_params, draft_params, tokens, lengths, key, target=target, method=m,
                     max_new_tokens=max_new_tokens, sampling=GREEDY, eos_ids=(),
                     max_len=max_len))
-        outs = {name: jax.block_until_ready(fn()) for name, fn in calls.items()}  # compile
-        times: dict[str, list[float]] = {name: [] for name in calls}
-        for _ in range(repeats):
-            for name, fn in calls.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn())
-                times[name].append(time.perf_counter() - t0)
+        timed = interleaved_seconds(calls, repeats)
         ctx = int(lengths[0]) + max_new_tokens // 2
         ctx_args = dict(context=ctx, max_len=max_len, repeats=7)
         b = {"target_prefill": prefill_time(target, target_params, tokens, lengths, max_len),
@@ -125,15 +116,14 @@ def measure(target: LanguageModel, target_params, draft: LanguageModel | None, d
             b["draft_1"] = forward_time(draft, draft_params, num_tokens=1, **ctx_args)
             b[f"draft_{lazy}"] = forward_time(draft, draft_params, num_tokens=lazy, **ctx_args)
         bare.append(b)
-        ref = np.asarray(outs["autoregressive"].tokens)[0]
+        ref = np.asarray(timed["autoregressive"][0].tokens)[0]
         for name, m in ms.items():
-            out = outs[name]
+            out, total = timed[name]
             gen, stats = (out, None) if m is None else out
             n = int(gen.num_tokens[0])
             steps = n - 1 if stats is None else int(stats.steps[0])
             drafted = m is not None and isinstance(m.drafter, DraftModel)
             prefills = b["target_prefill"] + (b["draft_prefill"] if drafted else 0.0)
-            total = statistics.median(times[name])
             rows.append(Row(name, i, total, total - prefills, n, steps,
                             draft_forwards(name, stats, steps, k, lazy) if drafted else 0.0,
                             bool(np.array_equal(np.asarray(gen.tokens)[0][:n], ref[:n]))))
@@ -207,6 +197,8 @@ class LoopOverheadConfig:
     k: int = 4
     lazy: int = 16
     repeats: int = 5
+    smartspec_max_k: int = 4  # (c) SmartSpec's step costs (`bench.step_costs`); 0 = skip
+    smartspec_pending: int = 4
     prompts: object = None  # bench.experiment.PromptConfig
 
 
@@ -227,6 +219,7 @@ def run_experiment(cfg: LoopOverheadConfig, workdir, log: Callable[[str], None] 
     import platform
     from pathlib import Path
 
+    from specjax.bench import step_costs
     from specjax.bench.experiment import enable_compilation_cache, jsonable, load_models
     from specjax.bench.theory_experiment import select_prompts
     from specjax.models import loading
@@ -242,11 +235,18 @@ def run_experiment(cfg: LoopOverheadConfig, workdir, log: Callable[[str], None] 
                      None if draft is None else draft[1], [it.ids for it in items],
                      max_new_tokens=cfg.max_new_tokens, k=cfg.k, lazy=cfg.lazy,
                      repeats=cfg.repeats, log=log)
+    if draft is not None and cfg.smartspec_max_k > 0:
+        result["smartspec"] = step_costs.measure_smartspec(
+            DecoderLM(tcfg), tparams, DecoderLM(draft[0]), draft[1], [it.ids for it in items],
+            max_new_tokens=cfg.max_new_tokens, max_k=cfg.smartspec_max_k,
+            max_pending=cfg.smartspec_pending, repeats=cfg.repeats, log=log)
     result["config"] = jsonable(dataclasses.asdict(cfg))
     result["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(),
                          "python": platform.python_version(), "jax": jax.__version__,
                          "loadavg_after": os.getloadavg()}
     result["table"] = table(result["summary"], cfg)
+    if "smartspec" in result:
+        result["table"] += "\n\n" + smartspec_table(result["smartspec"], cfg)
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(jsonable(result), indent=1))
@@ -265,3 +265,23 @@ def table(summary: dict, cfg: LoopOverheadConfig) -> str:
                      f"{s['tokens_per_step']:.2f} | {s['identical']} |")
     return "\n".join(lines)
 
+
+def smartspec_table(res: dict, cfg: LoopOverheadConfig) -> str:
+    """(c): the calibration and SmartSpec's measured vs modelled speedups."""
+    c = res["calibration"]
+    measured = ", ".join(f"k={k}: {1e3 * v:.2f} ms" for k, v in c["measured"].items())
+    lines = [f"SmartSpec step costs (max_k {cfg.smartspec_max_k}, draft queue "
+             f"{cfg.smartspec_pending}): loop step time {measured}; fit T_loop(k) = "
+             f"{1e3 * c['a']:.2f} ms + {1e3 * c['b']:.2f} ms x T_bare(k)/T_bare(0); held-out "
+             f"k={c['held_out_k']}: modelled {1e3 * c['held_out_modelled']:.2f} ms, measured "
+             f"{1e3 * c['held_out_measured']:.2f} ms", "",
+             "costs T(0..K): bare " + " ".join(f"{x:.3f}" for x in c["bare"])
+             + "; loop " + " ".join(f"{x:.3f}" for x in c["costs"]), "",
+             "| method | speedup (measured) | speedup (loop model) | mean k | tokens/step | "
+             "identical |", "|---|---|---|---|---|---|"]
+    for name, s in res["summary"].items():
+        model = f"{s['modelled_speedup']:.3f}" if "modelled_speedup" in s else "-"
+        mean_k = f"{s['mean_k']:.2f}" if "mean_k" in s else "-"
+        lines.append(f"| {name} | {s['speedup']:.3f} | {model} | {mean_k} | "
+                     f"{s['tokens_per_step']:.2f} | {s['identical']} |")
+    return "\n".join(lines)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 import jax
 
 from specjax import decode, policies, settings, trees, verify
+from specjax.bench import step_costs as step_costs_lib
 from specjax.bench.runner import GenResult, Generator
 from specjax.drafters.draft_model import DraftModel
 from specjax.models.config import ModelConfig
@@ -111,7 +112,12 @@ class AdaptiveChain:
 
 @dataclasses.dataclass(frozen=True)
 class SmartSpecChain(AdaptiveChain):
+    """SmartSpec's chain; without explicit step_costs they are measured:
+    `step_cost_source` "loop" (the loop's own step time, `bench.step_costs`) or
+    "bare" (bare forwards)."""
+
     max_pending: int = SMARTSPEC_MAX_PENDING
+    step_cost_source: str = "loop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,27 +375,40 @@ def autoregressive(ctx: BuildContext, s: Settings) -> Generator:
     return Generator("autoregressive", fn)
 
 
+STEP_COST_SOURCES = ("loop", "bare")
+
+
 def measured_step_costs(ctx: BuildContext, draft, max_k: int = 8, batch: int = 1,
-                        context: int = 256, max_pending: int = 1) -> tuple[float, ...]:
-    """SmartSpec's step costs T(0..max_k) of this model pair (`policies.measure_step_costs`
-    at `batch` rows with `context` cached tokens), rounded to 4 decimals."""
+                        context: int = 256, max_pending: int = 1,
+                        widths: tuple[int, ...] | None = None,
+                        source: str = "loop") -> tuple[float, ...]:
+    """SmartSpec's step costs T(0..max_k) of this model pair at `batch` rows with
+    `context` cached tokens, rounded to 4 decimals: "loop" = the speculative loop's
+    own step time (`bench.step_costs.calibrate`), "bare" = its bare forwards only
+    (`policies.measure_step_costs`). `widths`: the loop's verification widths."""
+    if source not in STEP_COST_SOURCES:
+        raise ValueError(f"unknown step cost source {source!r}; valid: {STEP_COST_SOURCES}")
     dcfg, dparams = draft
-    costs = policies.measure_step_costs(
-        DecoderLM(ctx.target_cfg), ctx.target_params, DecoderLM(dcfg), dparams,
-        batch=batch, max_k=max_k, context=context, max_pending=max_pending)
+    args = (DecoderLM(ctx.target_cfg), ctx.target_params, DecoderLM(dcfg), dparams)
+    kw = dict(batch=batch, max_k=max_k, context=context, max_pending=max_pending, widths=widths)
+    costs = (step_costs_lib.calibrate(*args, **kw).costs if source == "loop"
+             else policies.measure_step_costs(*args, **kw))
     return tuple(round(float(c), 4) for c in costs)
 
 
 def length_policy(ctx: BuildContext, spec: str | None = None, max_k: int = 8, batch: int = 1,
-                  context: int = 256, max_pending: int = 1, draft=None):
+                  context: int = 256, max_pending: int = 1, draft=None,
+                  widths: tuple[int, ...] | None = None, source: str = "loop"):
     """The policy named by `spec` (default: the `policy` entry of `ctx.args`, "none").
 
     `goodput` without `step_costs` measures them for this model pair
-    (`measured_step_costs`; `draft` default `ctx.draft()`).
+    (`measured_step_costs` from `source`; `draft` default `ctx.draft()`; `widths`
+    the loop's verification widths).
     """
     spec = str(ctx.args.get("policy", "none") if spec is None else spec)
     if spec.partition(":")[0] == "goodput" and "step_costs" not in spec:
-        costs = measured_step_costs(ctx, draft or ctx.draft(), max_k, batch, context, max_pending)
+        costs = measured_step_costs(ctx, draft or ctx.draft(), max_k, batch, context, max_pending,
+                                    widths, source)
         sep = "," if ":" in spec else ":"
         spec = f"{spec}{sep}step_costs={settings.show(costs)}"
     return policies.parse(spec)
@@ -426,7 +445,8 @@ def sd_chain(ctx: BuildContext, s: Settings) -> Speculative:
     (`specjax.policies.parse`), e.g. sd_chain/k=8/policy=confidence:threshold=0.5."""
     dcfg, dparams = draft = _draft(ctx, s)
     k, pend = s["k"], s["max_pending"]
-    policy = length_policy(ctx, s["policy"], max_k=k, max_pending=pend, draft=draft)
+    policy = length_policy(ctx, s["policy"], max_k=k, max_pending=pend, draft=draft,
+                           widths=with_node_count(s["widths"], k + 1))
     d = DraftModel.chain(DecoderLM(dcfg), k, pend)
     return _speculative(f"sd_chain(k={k})", d, verifier_for(ctx.sampling, d), dparams, policy,
                         s["widths"])
@@ -454,7 +474,9 @@ specdecpp = _adaptive_chain(
 smartspec = _adaptive_chain("smartspec", lambda ctx, s, draft: policies.Goodput(**{
     **s.of(policies.Goodput),
     "step_costs": s["step_costs"] if s["step_costs"] is not settings.REQUIRED else
-    measured_step_costs(ctx, draft, s["max_k"], max_pending=s["max_pending"])}))
+    measured_step_costs(ctx, draft, s["max_k"], max_pending=s["max_pending"],
+                        widths=with_node_count(s["widths"], s["max_k"] + 1),
+                        source=s["step_cost_source"])}))
 
 
 # tree_verifier of sd_tree (sampling only): name -> (child rule, verifier factory)

@@ -180,17 +180,17 @@ def build_method(spec: str, ctx: registry.BuildContext, batch: int,
     if k < 1:
         raise ValueError(f"{spec}: the draft length must be >= 1; got {k}")
     measures = policy_spec.partition(":")[0] == "goodput" and "step_costs" not in policy_spec
+    widths = registry.with_node_count(s["widths"], k + 1)
     t0 = time.perf_counter()
     policy = registry.length_policy(ctx, policy_spec, max_k=k, batch=batch, context=cost_context,
-                                    max_pending=pend)
+                                    max_pending=pend, widths=widths,
+                                    source=s.get("step_cost_source", "loop"))
     setup = time.perf_counter() - t0 if measures else 0.0
     costs = policy.step_costs if isinstance(policy, policies.Goodput) else None
     dcfg, dparams = ctx.draft()
     drafter = DraftModel.chain(DecoderLM(dcfg), k, pend)
     method = decode.Method(drafter=drafter, verifier=registry.verifier_for(ctx.sampling, drafter),
-                           policy=policy,
-                           widths=(registry.with_node_count(s["widths"], drafter.num_nodes)
-                                   if policy else None))
+                           policy=policy, widths=widths if policy else None)
     method.verify_widths()  # malformed widths: ValueError now, not in the first run
 
     def generate(prompts):

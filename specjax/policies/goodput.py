@@ -108,24 +108,38 @@ class Goodput(Policy):
 
 
 def measure_step_costs(target, target_params, draft, draft_params, *, batch: int, max_k: int,
-                       context: int = 256, reps: int = 5,
-                       max_pending: int = 1) -> tuple[float, ...]:
+                       context: int = 256, reps: int = 5, max_pending: int = 1,
+                       widths: Sequence[int] | None = None) -> tuple[float, ...]:
     """Measures `step_costs` for a target / draft `LanguageModel` pair at this batch size.
 
-    Times (median of `reps`, after a compile run) one target forward over
-    k + 1 tokens for k = 0..max_k, one draft forward over 1 token and, for the
-    draft's catch-up on steps that draft nothing, one draft forward over
-    `max_pending` tokens (`DraftModel.max_pending`), all with `context` tokens
-    in the cache (`specjax.timing.forward_time`), and combines them with
-    `step_costs`.
+    Times (median of `reps`, after a compile run) one target forward over the
+    verification width of k drafts (`verify_width`) for k = 0..max_k, one draft
+    forward over 1 token and, for the draft's catch-up on steps that draft
+    nothing, one draft forward over `max_pending` tokens
+    (`DraftModel.max_pending`), all with `context` tokens in the cache
+    (`specjax.timing.forward_time`), and combines them with `step_costs`.
+    These are bare forwards; `specjax.bench.step_costs.calibrate` fits them to
+    the loop's own measured step time.
     """
     timing = dict(batch=batch, context=context, repeats=reps)
-    verify = [forward_time(target, target_params, num_tokens=k + 1, **timing)
-              for k in range(max_k + 1)]
+    seconds = {w: forward_time(target, target_params, num_tokens=w, **timing)
+               for w in sorted({verify_width(k, widths) for k in range(max_k + 1)})}
+    verify = [seconds[verify_width(k, widths)] for k in range(max_k + 1)]
     one = forward_time(draft, draft_params, num_tokens=1, **timing)
     sync = one if max_pending == 1 else forward_time(
         draft, draft_params, num_tokens=max_pending, **timing) / max_pending
     return step_costs(one, verify, sync)
+
+
+def verify_width(k: int, widths: Sequence[int] | None) -> int:
+    """Target tokens of the verification of k chain drafts: k + 1, or the smallest
+    of the loop's static `widths` (`decode.Method.widths`) that holds them."""
+    if not widths:
+        return k + 1
+    fit = [w for w in widths if w >= k + 1]
+    if not fit:
+        raise ValueError(f"no verification width in {tuple(widths)} holds {k} drafts + the root")
+    return min(fit)
 
 
 def step_costs(draft_seconds: float, verify_seconds: Sequence[float],

@@ -15,7 +15,7 @@ import pytest
 from configs import batch_throughput as config_file
 from experiments import batch_throughput as command
 from specjax import decode
-from specjax.bench import registry, throughput
+from specjax.bench import registry, step_costs, throughput
 from specjax.sampling import Sampling
 
 N_NEW = 8
@@ -138,11 +138,25 @@ def test_table_json_and_plot_from_the_command(run, tmp_path):
     assert out["result"].cell("autoregressive", 3).speedup == 1.0
 
 
-def test_smartspec_measures_step_costs_at_the_batch_size():
-    m = throughput.build_method("smartspec/max_k=1", _ctx(), batch=2, cost_context=16)
+def test_smartspec_measures_step_costs_at_the_batch_size(monkeypatch):
+    # bare forwards: timed for real (a tiny model's loop timings are too noisy to fit)
+    m = throughput.build_method("smartspec/max_k=1/step_cost_source=bare", _ctx(), batch=2,
+                                cost_context=16)
     assert m.step_costs is not None and len(m.step_costs) == 2 and m.step_costs[0] == 1.0
     assert m.setup_seconds > 0
     assert m.method.policy.step_costs == pytest.approx(m.step_costs, abs=1e-4)
+    # the default source is the loop's own step time, calibrated at this batch size
+    seen = {}
+
+    def calibrate(*args, **kw):
+        seen.update(kw)
+        return step_costs.LoopCalibration(bare=(1.0, 1.5), measured={0: 0.2, 1: 0.3},
+                                          a=0.0, b=0.2)
+
+    monkeypatch.setattr(step_costs, "calibrate", calibrate)
+    m = throughput.build_method("smartspec/max_k=1/widths=2", _ctx(), batch=3, cost_context=16)
+    assert m.method.policy.step_costs == (1.0, 1.5)
+    assert seen["batch"] == 3 and seen["widths"] == (2,) and seen["max_k"] == 1
 
 
 @pytest.mark.parametrize("kwargs, match", [
