@@ -46,3 +46,19 @@ def test_full_table_config_has_every_method(variant):
     needs_file = {"sequoia", "retrieval", "rasd"}  # a template / datastore path to be given
     assert names == set(registry.REGISTRY) - needs_file
     assert ("hf_assisted" in cfg.peers) == ("qwen" in variant)
+
+
+@pytest.mark.parametrize("variant", ["", "tiny", "best"])
+def test_sd_pair_config_variants_parse_and_name_registered_methods(variant):
+    from configs import sd_pair
+    from specjax.bench import registry
+
+    cfg = experiment.from_config_dict(sd_pair.get_config(variant))
+    for m in cfg.methods.split(","):
+        registry.parse(m)
+    assert cfg.peers == "hf_greedy,hf_assisted" and cfg.draft_model
+    if variant == "best":
+        assert len(cfg.prompts.humaneval.split(",")) >= 10 and cfg.max_new_tokens == 128
+        assert all(int(i) < 100 for i in cfg.prompts.humaneval.split(","))  # tuning split
+    with pytest.raises(ValueError, match="unknown variant"):
+        sd_pair.get_config("huge")
