@@ -16,8 +16,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c = ConfigDict()
     c.model = "smollm2-135m"
     c.draft_model = ""  # asset name / path of a separate draft model; "" = self_layers
-    c.dtype = "float32"
+    c.dtype = "auto"  # float32 on CPU, bfloat16 on GPU / TPU; or "float32" / "bfloat16"
     c.layout = "auto"  # weight layout: auto = measured on this CPU (models.layout)
+    c.mesh = ""  # device mesh, e.g. "data:2,model:4" (sharding.parse_mesh); "" = one device
     c.methods = "autoregressive,pld,token_recycling"
     c.peers = ""  # e.g. "hf_greedy,hf_assisted,hf_prompt_lookup" (needs the peers extra)
     c.max_new_tokens = 64

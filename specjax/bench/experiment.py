@@ -12,10 +12,17 @@
   answers/NAME.jsonl  generated texts in Spec-Bench's model_answer layout
   paper_table.md  with `paper.layout` set: the run in a seed paper's table layout
                   (specjax.bench.paper_tables; configs/papers/*.py)
+
+`config.mesh` ("data:2,model:4", `sharding.parse_mesh`) loads the weights
+straight into their shards and runs the JAX methods on that mesh (the HF peers
+run unsharded); with several processes (`jax.distributed`) every process runs
+them and process 0 alone writes the outputs. `config.dtype` "auto" is float32
+on CPU, bfloat16 on GPU / TPU (`sharding.default_dtype`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -27,6 +34,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from specjax import sharding
 from specjax.bench import metrics, paper_tables, prompts as prompts_lib, registry, report
 from specjax.bench.map_budget import peak_resident_bytes
 from specjax.bench.runner import Generator, run
@@ -59,8 +67,9 @@ class ExperimentConfig:
     model: str
     methods: str
     draft_model: str = ""
-    dtype: str = "float32"
+    dtype: str = "auto"  # "float32" / "bfloat16"; auto: sharding.default_dtype()
     layout: str = "auto"  # weight layout, models.params.with_layout (auto: measured on CPU)
+    mesh: str = ""  # device mesh, e.g. "data:2,model:4" (sharding.parse_mesh); "" = one device
     peers: str = ""
     max_new_tokens: int = 64
     chat: bool = True
@@ -249,13 +258,16 @@ def parse_self_draft(spec: str, num_layers: int | None = None) -> int | None:
 
 
 def load_models(model: str, draft_model: str, dtype: str, layout: str, progress: bool = True,
-                target=None):
+                target=None, mesh=None):
     """((cfg, params) of the target, (cfg, params) of the draft or None), placed in `layout`.
 
     `draft_model`: "" (none), an asset name / path, or "self:L": the target's
     first L layers (`parse_self_draft`, `models.params.first_layers`, sharing
     its arrays). `target` = an already loaded (cfg, params) to use instead of
-    loading `model`.
+    loading `model`. `dtype`: "float32", "bfloat16" or "auto"
+    (`sharding.resolve_dtype`). `mesh`: a `jax.sharding.Mesh` to load the
+    loaded models' weights into, shard by shard (`models.params.place`); run
+    them under `jax.set_mesh(mesh)`.
     Raises ValueError for a bad "self:L" (checked before the target loads) and
     when the draft's vocabulary differs from the target's.
     """
@@ -263,9 +275,10 @@ def load_models(model: str, draft_model: str, dtype: str, layout: str, progress:
     from specjax.models import params as params_lib
 
     parse_self_draft(draft_model)
+    dtype = sharding.resolve_dtype(dtype)
     if target is None:
         tcfg, tparams = loading.load(model, dtype, progress=progress)
-        target = params_lib.place(tcfg, tparams, layout)
+        target = params_lib.place(tcfg, tparams, layout, mesh=mesh)
     draft = None
     if (layers := parse_self_draft(draft_model, target[0].num_layers)) is not None:
         draft = params_lib.first_layers(*target, layers)
@@ -274,12 +287,13 @@ def load_models(model: str, draft_model: str, dtype: str, layout: str, progress:
         if dcfg.vocab_size != target[0].vocab_size:
             raise ValueError(f"draft vocabulary ({dcfg.vocab_size}) differs from the target's "
                              f"({target[0].vocab_size})")
-        draft = params_lib.place(dcfg, dparams, layout)
+        draft = params_lib.place(dcfg, dparams, layout, mesh=mesh)
     return target, draft
 
 
 def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = True) -> dict:
-    """Runs the experiment and writes its outputs (see module docstring)."""
+    """Runs the experiment and writes its outputs (see module docstring; only process 0
+    writes when several processes run)."""
     from specjax.models import loading
 
     workdir = Path(workdir)
@@ -287,17 +301,23 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
         registry.parse(m)
     peers = check_peers(cfg)
     items = load_prompts(cfg.prompts)
-    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = sharding.parse_mesh(cfg.mesh)
+    writer = jax.process_index() == 0
+    _check_not_resuming_many_processes(workdir / "records.jsonl")
+    if writer:
+        workdir.mkdir(parents=True, exist_ok=True)
     warn_low_map_count()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     (tcfg, tparams), draft = load_models(cfg.model, cfg.draft_model, cfg.dtype, cfg.layout,
-                                         progress=progress)
-    tok = loading.load_tokenizer(cfg.model, progress=progress)
+                                         progress=progress and writer, mesh=mesh)
+    tok = loading.load_tokenizer(cfg.model, progress=progress and writer)
     load_s = time.perf_counter() - t0
-    gens = build_generators(cfg, tok, (tcfg, tparams), draft)
-    records_path = workdir / "records.jsonl"
-    records = run(gens, items, tok, chat=cfg.chat, records_path=records_path, progress=progress)
+    records_path = workdir / "records.jsonl" if writer else None
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        gens = build_generators(cfg, tok, (tcfg, tparams), draft)
+        records = run(gens, items, tok, chat=cfg.chat, records_path=records_path,
+                      progress=progress and writer)
     if peers:
         # The peers run after the JAX methods, once those and their weights are freed, so
         # the process never holds both stacks' copies of the model (a Qwen 1.5B + 0.5B run
@@ -306,25 +326,42 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
         jax.clear_caches()
         gc.collect()
         records += run(build_peers(cfg, tok), items, tok, chat=cfg.chat,
-                       records_path=records_path, progress=progress)
+                       records_path=records_path, progress=progress and writer)
     rows = metrics.summarize(records, baseline="autoregressive",
                              check_identity=cfg.sampling.greedy)
     table = metrics.markdown_table(rows)
-    (workdir / "table.md").write_text(table + "\n")
-    _write_answers(workdir / "answers", records, cfg)
     result = dict(
         config=jsonable(dataclasses.asdict(cfg)), load_seconds=load_s, table=table,
-        platform=str(jax.devices()[0].platform),
+        platform=str(jax.devices()[0].platform), dtype=tcfg.dtype,
+        mesh=dict(mesh.shape) if mesh is not None else {},
+        devices=mesh.size if mesh is not None else 1, processes=jax.process_count(),
         load_average_before_after=[list(load_before), list(os.getloadavg())],
         peak_resident_bytes=peak_resident_bytes(),
         summary=[dataclasses.asdict(r) for r in rows],
         records=[dataclasses.asdict(r) for r in records],
     )
+    if not writer:
+        return result
+    (workdir / "table.md").write_text(table + "\n")
+    _write_answers(workdir / "answers", records, cfg)
     (workdir / "results.json").write_text(json.dumps(result, indent=1))
     report.write_report(workdir, rows, records, baseline="autoregressive")
     if cfg.paper.layout:
         result["paper_table"] = write_paper_table(workdir, cfg, records)
     return result
+
+
+def _check_not_resuming_many_processes(records_path: Path) -> None:
+    """ValueError on every process if several run and process 0 would resume: the others
+    would not skip the recorded prompts, and the processes' collectives would deadlock."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    found = multihost_utils.broadcast_one_to_all(np.int32(records_path.exists()))
+    if int(found):
+        raise ValueError(f"{records_path} exists: a run of several processes cannot resume; "
+                         "use a new --workdir (or one process)")
 
 
 def write_paper_table(workdir: Path, cfg: ExperimentConfig, records) -> str:

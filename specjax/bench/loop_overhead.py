@@ -8,9 +8,10 @@ every method once, so machine noise hits all of them):
     forward) against the autoregressive loop. With a model-free drafter
     (prompt lookup) this is the bare cost of the speculative loop's
     bookkeeping; with a draft model the draft must still catch up on every
-    committed token, eagerly (`max_pending=1`: one draft forward per step) or
-    lazily (`max_pending=P`: one forward of up to P queued tokens), and the
-    expected time adds those forwards.
+    committed token, eagerly (`max_pending=1`: one draft forward per step),
+    lazily (`max_pending=P`: one forward of up to P queued tokens) or deferred
+    (a queue as long as the generation: no draft forward until a step drafts,
+    so none here), and the expected time adds those forwards.
 (b) *Step cost*: a draft-model chain of k drafts, measured time per step
     against the sum of its bare forwards (k draft forwards of one token, one
     target forward of k + 1 tokens, and the pending-leaf catch-up forward on
@@ -60,7 +61,7 @@ class Row:
 
 
 def methods(target: LanguageModel, draft: LanguageModel | None, k: int,
-            lazy: int) -> dict[str, decode.Method | None]:
+            lazy: int, max_new_tokens: int) -> dict[str, decode.Method | None]:
     """The methods of (a) and (b); None = the autoregressive loop."""
     never = policies.FixedLength(0)
     out: dict[str, decode.Method | None] = {
@@ -72,6 +73,9 @@ def methods(target: LanguageModel, draft: LanguageModel | None, k: int,
         out["null_draft_eager"] = decode.Method(DraftModel.chain(draft, k), verify.greedy, never)
         out["null_draft_lazy"] = decode.Method(DraftModel.chain(draft, k, max_pending=lazy),
                                                verify.greedy, never)
+        # a queue as long as the generation: no draft work until a step drafts
+        out["null_draft_deferred"] = decode.Method(
+            DraftModel.chain(draft, k, max_pending=max_new_tokens), verify.greedy, never)
         out[f"chain_k{k}"] = decode.Method(DraftModel.chain(draft, k), verify.greedy)
     return out
 
@@ -84,7 +88,7 @@ def measure(target: LanguageModel, target_params, draft: LanguageModel | None, d
     Returns a dict with `rows` (list of `Row` as dicts), `bare` (bare forward
     seconds per prompt) and `summary` (medians over prompts of the ratios).
     """
-    ms = methods(target, draft, k, lazy)
+    ms = methods(target, draft, k, lazy, max_new_tokens)
     rows, bare = [], []
     # one padded length and cache size for every prompt: each loop compiles once
     bucket = -(-max(len(p) for p in prompts) // 32) * 32
@@ -141,13 +145,15 @@ def draft_forwards(name: str, stats, steps: int, k: int, lazy: int) -> float:
         return float(steps)  # every committed token is fed at the next step
     if name == "null_draft_lazy":
         return float(-(-steps // lazy))  # one queue flush per `lazy` tokens
+    if name == "null_draft_deferred":
+        return 0.0  # the queue never fills
     full = int(np.asarray(stats.accept_hist)[0, k])  # steps that accepted every draft
     return float(k * steps + full)
 
 
 def expected_seconds(row: Row, bare: dict, k: int, lazy: int) -> float:
     """The decode phase's sum of bare forwards for the row's method."""
-    if row.method in ("autoregressive", "null_pld"):
+    if row.method in ("autoregressive", "null_pld", "null_draft_deferred"):
         return row.steps * bare["target_1"]
     if row.method == "null_draft_eager":
         return row.steps * (bare["target_1"] + bare["draft_1"])

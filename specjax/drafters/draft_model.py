@@ -37,7 +37,9 @@ reach its cache before it drafts again. Such steps skip the draft forward and
 queue the committed token; the queue (up to `max_pending` tokens) is forwarded
 in one causal forward at the next step that drafts, or when it is full. With
 max_pending = 1 (the default) the draft forwards every committed token at the
-next step, one at a time, as before.
+next step, one at a time, as before. A queue as long as the generation
+(`max_pending` >= max_new_tokens) defers all draft work to the next step that
+drafts: a stretch of K = 0 steps then costs what autoregressive steps cost.
 """
 
 from __future__ import annotations
@@ -307,15 +309,21 @@ def feed_pending(model: LanguageModel, params, state, feed=True):
     """`state` with its pending tokens forwarded into the draft cache and the
     queue emptied, when `feed` (bool scalar) or some row's queue is full;
     otherwise `state` unchanged. Costs a forward only when a row has pending
-    tokens (width 1 when no row has more than one, else the queue's width).
+    tokens, of the narrowest `feed_widths` holding the longest queue.
 
     `state` has fields cache, pending int32[B, P], num_pending int32[B].
     """
     P = state.pending.shape[1]
     go = jnp.logical_or(feed, jnp.any(state.num_pending >= P))
     count = jnp.where(go, state.num_pending, 0)
-    cache = feed_block(model, params, state.cache, state.pending, count, widths=(1, P))
+    cache = feed_block(model, params, state.cache, state.pending, count, widths=feed_widths(P))
     return state.replace(cache=cache, num_pending=state.num_pending - count)
+
+
+def feed_widths(P: int) -> tuple[int, ...]:
+    """Forward widths of a catch-up of up to P queued tokens: 1, 4, 16, ... and P
+    (a queue padded to at most 4x its length; few compiled branches)."""
+    return tuple(sorted({4 ** i for i in range(P.bit_length()) if 4 ** i < P} | {P}))
 
 
 def provisional_slots(model: LanguageModel, params, state, num_nodes: int, feed=True):

@@ -162,11 +162,13 @@ def convert(cfg: ModelConfig, params: Params, plan: LayoutPlan, put=None,
     every row count; `cfg.panel_head_rows` is set to `plan.head`, which
     `decoder.logits_from_hidden` reads to pick one by the static row count.
 
-    put: applied to every output leaf (e.g. `jax.device_put`); with `consume`
-    the input dicts are emptied as leaves are converted, so that host and
-    device copies do not coexist (see `place`).
+    put: `put(path, leaf)` -> the output leaf, applied to every output leaf;
+    `path` is its place in the output pytree as dict keys and list indices
+    (("embed",), ("layers", 3, "wq"), ...), e.g. to pick its sharding (`place`).
+    With `consume` the input dicts are emptied as leaves are converted, so
+    that host and device copies do not coexist (see `place`).
     """
-    put = put or (lambda a: a)
+    put = put or (lambda path, a: a)
     take = dict.pop if consume else dict.__getitem__
     heads = {k: take(params, k) for k in ("lm_head", "lm_head_panels") if k in params}
     out: Params = {}
@@ -177,18 +179,19 @@ def convert(cfg: ModelConfig, params: Params, plan: LayoutPlan, put=None,
             head = linear.prepare_weight_out_in(params["embed"])
         else:
             head = linear.prepare_weight(heads["lm_head"])
-        out["lm_head_panels"] = put(head)
+        out["lm_head_panels"] = put(("lm_head_panels",), head)
         del head
     if not cfg.tie_embeddings and plan.head != ALL_ROWS:
         head = heads.get("lm_head")
-        out["lm_head"] = put(head if head is not None
+        out["lm_head"] = put(("lm_head",), head if head is not None
                              else linear.unprepare_weight(heads["lm_head_panels"]))
         del head
     del heads  # with consume: the host heads go before the layers are converted
-    out["layers"] = [{k: put(_body_weight(k, take(lp, k), plan.body)) for k in list(lp)}
-                     for lp in take(params, "layers")]
+    out["layers"] = [{k: put(("layers", i, k), _body_weight(k, take(lp, k), plan.body))
+                      for k in list(lp)}
+                     for i, lp in enumerate(take(params, "layers"))]
     for k in [k for k in params if k not in ("layers", "lm_head", "lm_head_panels")]:
-        out[k] = put(take(params, k))
+        out[k] = put((k,), take(params, k))
     return cfg.replace(panel_head_rows=plan.head or ALL_ROWS), out
 
 
@@ -201,8 +204,8 @@ def with_layout(cfg: ModelConfig, params: Params,
     return convert(cfg, params, resolve(cfg, layout))
 
 
-def place(cfg: ModelConfig, params: Params,
-          layout: str | LayoutPlan = "auto") -> tuple[ModelConfig, Params]:
+def place(cfg: ModelConfig, params: Params, layout: str | LayoutPlan = "auto",
+          mesh=None) -> tuple[ModelConfig, Params]:
     """Host (numpy) params -> `(cfg, device params)` in `layout` (see
     `with_layout`), one matrix at a time, consuming `params`.
 
@@ -210,8 +213,18 @@ def place(cfg: ModelConfig, params: Params,
     peak (host plain, host panels, device), 20 GB for Qwen2.5-1.5B in float32;
     this converts and places leaf by leaf and drops each host array from
     `params` (which is emptied), so the peak is one model plus one matrix.
+
+    mesh: a `jax.sharding.Mesh`: every leaf goes straight into its shards by
+    `sharding.RULES` (`sharding.put_sharded`), no device holding a full copy
+    of a sharded matrix; None: the default device.
     """
-    return convert(cfg, params, resolve(cfg, layout), put=jax.device_put, consume=True)
+    if mesh is None:
+        put = lambda path, a: jax.device_put(a)  # noqa: E731
+    else:
+        from specjax import sharding  # sharding imports this module
+
+        put = sharding.put_sharded(mesh)
+    return convert(cfg, params, resolve(cfg, layout), put=put, consume=True)
 
 
 def abstract_params(cfg: ModelConfig) -> Params:

@@ -39,6 +39,7 @@ def test_draft_forwards_count_catch_up_and_pending_leaves():
 
     assert lo.draft_forwards("null_draft_eager", None, 100, 4, 16) == 100
     assert lo.draft_forwards("null_draft_lazy", None, 100, 4, 16) == 7
+    assert lo.draft_forwards("null_draft_deferred", None, 100, 4, 16) == 0
     assert lo.draft_forwards("chain_k4", Stats, 8, 4, 16) == 4 * 8 + 5
 
 
@@ -70,10 +71,11 @@ def test_measure_runs_every_method_identically_on_a_tiny_model():
     dcfg, dparams = first_layers(TINY, params, 1)
     out = lo.measure(DecoderLM(TINY), params, DecoderLM(dcfg), dparams, PROMPTS[:2],
                      max_new_tokens=8, k=2, lazy=4, repeats=1, log=lambda s: None)
-    names = {"autoregressive", "null_pld", "null_draft_eager", "null_draft_lazy", "chain_k2"}
+    names = {"autoregressive", "null_pld", "null_draft_eager", "null_draft_lazy",
+             "null_draft_deferred", "chain_k2"}
     assert set(out["summary"]) == names
     assert all(s["identical"] for s in out["summary"].values())
     # nothing drafted: one token per target forward
-    for name in ("null_pld", "null_draft_eager", "null_draft_lazy"):
+    for name in ("null_pld", "null_draft_eager", "null_draft_lazy", "null_draft_deferred"):
         assert out["summary"][name]["tokens_per_step"] == pytest.approx(8 / 7)
     assert len(out["rows"]) == 2 * len(names) and len(out["bare"]) == 2

@@ -82,6 +82,17 @@ def test_feed_block_equals_one_token_at_a_time(tiny):
         draft_model.feed_block(lm, params, cache, block, count, widths=(1, 2))
 
 
+def test_catch_up_widths_pad_a_queue_at_most_4x():
+    assert draft_model.feed_widths(1) == (1,)
+    assert draft_model.feed_widths(16) == (1, 4, 16)
+    assert draft_model.feed_widths(129) == (1, 4, 16, 64, 129)
+    for P in range(1, 300):
+        w = draft_model.feed_widths(P)
+        assert w[-1] == P and w[0] == 1 and list(w) == sorted(set(w))
+        for n in range(1, P + 1):
+            assert min(x for x in w if x >= n) <= max(4 * n - 3, 1)
+
+
 def test_steps_that_draft_nothing_queue_the_token(tiny):
     """With expand all-False the draft model does not run: the root is queued and
     the draft cache does not grow until the queue is full (then it is fed)."""
