@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -57,13 +58,23 @@ def encode_turns(tok, prompt: Prompt, answers: Sequence[str], chat: bool) -> lis
     return apply_chat_template(tok, conv)
 
 
+def _on_any_process(flag: bool) -> bool:
+    """`flag` or-ed over the processes of a `jax.distributed` run."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def _timed(gen: Generator, ids: list[int]) -> tuple[GenResult, float, float]:
-    """Runs `gen` once; reruns if it compiled. Returns (result, seconds, compile seconds)."""
+    """Runs `gen` once; reruns if it compiled (on any process, so that processes of a
+    multi-host run make the same calls). Returns (result, seconds, compile seconds)."""
     with CompileTimer() as ct:
         t0 = time.perf_counter()
         res = gen.fn(ids)
         seconds = time.perf_counter() - t0
-    if ct.seconds > 0:
+    if _on_any_process(ct.seconds > 0):
         t0 = time.perf_counter()
         res = gen.fn(ids)
         seconds = time.perf_counter() - t0
