@@ -696,6 +696,49 @@ def rasd(ctx: BuildContext, s: Settings) -> Speculative:
                         rasd_params(dparams, _datastore(ctx, s)))
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainedHead:
+    """A trained head: a name under <cache>/heads/ or a directory (`training.assets`;
+    `python -m experiments.train`). It must have been trained for this target."""
+
+    head: str = ""
+
+
+def _trained_head(ctx: BuildContext, s: Settings, kind: str):
+    """(head.json, params) of the trained head named by `s["head"]`, checked against the
+    target (`training.assets.load_head`) and its kind."""
+    from specjax.training import assets
+
+    if not s["head"]:
+        raise ValueError(f"{kind} needs a trained head: {kind}/head=NAME_OR_DIR (train one with "
+                         f"python -m experiments.train)")
+    meta, params = assets.load_head(
+        s["head"], assets.target_identity("the loaded target", ctx.target_cfg, ctx.target_params))
+    if meta["kind"] != kind:
+        raise ValueError(f"head {s['head']!r} is a {meta['kind']!r} head, not {kind!r}")
+    return meta, params
+
+
+def mlp_speculator(ctx: BuildContext, s: Settings) -> Speculative:
+    """A trained MLP speculator head (`drafters.mlp_speculator`), its candidate tree."""
+    from specjax.drafters import mlp_speculator as ms
+
+    meta, params = _trained_head(ctx, s, "mlp_speculator")
+    d = ms.MLPSpeculator(ms.SpeculatorConfig(**meta["config"]), **s.of(ms.MLPSpeculator))
+    return _speculative(f"mlp_speculator({settings.show(d.top_k)},W={d.num_candidates})", d,
+                        verifier_for(ctx.sampling, d), params)
+
+
+def medusa(ctx: BuildContext, s: Settings) -> Speculative:
+    """Trained Medusa heads (`drafters.medusa`) filling a sparse template tree."""
+    from specjax.drafters.medusa import Medusa, MedusaConfig
+
+    meta, params = _trained_head(ctx, s, "medusa")
+    d = Medusa(MedusaConfig(**meta["config"]), **s.of(Medusa))
+    return _speculative(f"medusa({settings.show(d.template)})", d, verifier_for(ctx.sampling, d),
+                        params)
+
+
 def _parts() -> dict[str, tuple[Part, ...]]:
     """Each method's settings: the parts it is built from (imported here, not at import
     time of every drafter's dependencies)."""
@@ -705,6 +748,8 @@ def _parts() -> dict[str, tuple[Part, ...]]:
     from specjax.drafters.dyspec import DySpec
     from specjax.drafters.kangaroo import Kangaroo
     from specjax.drafters.max_gram import MaxGram
+    from specjax.drafters.medusa import Medusa
+    from specjax.drafters.mlp_speculator import MLPSpeculator
     from specjax.drafters.prompt_lookup import PromptLookup
     from specjax.drafters.rasd import RASD
     from specjax.drafters.retrieval import Retrieval
@@ -740,6 +785,8 @@ def _parts() -> dict[str, tuple[Part, ...]]:
         "retrieval": (Part(Retrieval, vocab), Part(Datastore)),
         "rasd": (Part(RASD), Part(RasdDraftTree), Part(Retrieval, vocab, "retrieval."),
                  Part(Datastore), draft),
+        "mlp_speculator": (Part(TrainedHead), Part(MLPSpeculator, ("config",))),
+        "medusa": (Part(TrainedHead), Part(Medusa, ("config", "max_nodes"))),
     }
 
 
@@ -781,6 +828,10 @@ _METHODS = [  # name, paper, lossless, needs, builder, derived settings (MethodI
     ("retrieval", "REST, He et al. arXiv:2311.08252", "yes", "a datastore (datastore=PATH)",
      retrieval, {}),
     ("rasd", "RASD, Quan et al. arXiv:2503.03434", "yes", f"{_DRAFT} + a datastore", rasd, {}),
+    ("mlp_speculator", "MLP speculator, Wertheimer et al. arXiv:2404.19124", "yes",
+     "a trained head (head=NAME, experiments.train)", mlp_speculator, {}),
+    ("medusa", "Medusa, Cai et al. arXiv:2401.10774", "yes",
+     "trained heads (head=NAME, experiments.train)", medusa, {}),
 ]
 _PARTS = _parts()
 REGISTRY: dict[str, MethodInfo] = {

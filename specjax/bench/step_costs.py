@@ -181,7 +181,7 @@ def measure_smartspec(target: LanguageModel, target_params, draft: LanguageModel
     mid = max_k // 2
     held_out = loop_step_seconds(target, target_params, draft, draft_params, ks=(mid,),
                                  **common)[mid]
-    log(f"calibration: a = {1e3 * cal.a:.2f} ms, b = {cal.b:.2f} ms per bare unit; held-out "
+    log(f"calibration: a = {1e3 * cal.a:.2f} ms, b = {1e3 * cal.b:.2f} ms per bare unit; held-out "
         f"k = {mid}: modelled {1e3 * cal.seconds(mid):.2f} ms, measured {1e3 * held_out:.2f} ms")
     chain = DraftModel.chain(draft, max_k, max_pending)
     ms = {"smartspec_loop": cal.costs, "smartspec_bare": cal.bare}

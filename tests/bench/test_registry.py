@@ -6,10 +6,13 @@ first layer), so this checks the registry's builders and their settings
 defaults), not speed.
 """
 
+from pathlib import Path
+
 import jax
 import pytest
 
 from specjax import decode, policies, verify
+from tests.heads import save_untrained_heads
 from specjax.bench import registry
 from specjax.drafters import cascade
 from specjax.drafters.aded import Aded
@@ -41,8 +44,10 @@ OVERRIDES = {  # small shapes: fast compiles
     "retrieval": "num_nodes=8/depth=4",
     "rasd": "retrieval.num_nodes=8/retrieval.depth=4/num_nodes=12",
     "sd_schedule": "max_k=3", "sd_confidence": "max_k=3", "specdecpp": "max_k=3",
-    "smartspec": "max_k=2", "pearl": "gamma=2", "rsd_s": "beam_width=2/depth=2",
+    "smartspec": "max_k=2/step_costs=1;1.1;1.3",  # given: tiny-model loop timings are noise
+    "pearl": "gamma=2", "rsd_s": "beam_width=2/depth=2",
     "dyspec": "num_nodes=6/top_k=2/nodes_per_round=2",
+    "mlp_speculator": "top_k=2.2/num_candidates=2", "medusa": "template=2.1/k=2",
 }
 COSTS = "1;1.1;1.2;1.3;1.4;1.5;1.6;1.7;1.8"  # smartspec's step costs T(0..8), not measured
 
@@ -53,6 +58,7 @@ def setup(tmp_path_factory):
     ref = decode.autoregressive_generate(params, CFG, [PROMPT], max_new_tokens=10).tokens[0]
     path = tmp_path_factory.mktemp("ds") / "ds.npz"
     save_datastore(build_datastore([PROMPT + ref, [5, 6, 7, 8, 9] * 4], CFG.vocab_size), path)
+    save_untrained_heads(params, path.parent, CFG)
     tree = path.parent / "sequoia.json"
     sequoia.save_templates(tree, [sequoia.make_template([0.5, 0.2], 4, target="tiny",
                                                         draft="self:1", sampling=Sampling())])
@@ -61,8 +67,11 @@ def setup(tmp_path_factory):
 
 def _args(datastore, tree, **more):
     """config.draft of these tests: shared settings at the top, sections per method."""
+    heads = Path(datastore).parent
     return {"self_layers": 1, "datastore": datastore, "sequoia_tree": tree,
-            "sd_chain": {"k": 2}, "sd_tree": {"tree": "2.2"}, **more}
+            "sd_chain": {"k": 2}, "sd_tree": {"tree": "2.2"},
+            "mlp_speculator": {"head": str(heads / "mlp_head")},
+            "medusa": {"head": str(heads / "medusa_head")}, **more}
 
 
 def _ctx(params, args, sampling=Sampling()):
@@ -135,7 +144,8 @@ def test_default_settings_build_what_the_old_registry_built(setup):
     registry's hand-written builders before settings came from the classes."""
     params, _, datastore, tree = setup
     old = _old_builds(params, tree)
-    assert set(old) == set(registry.REGISTRY) - {"autoregressive", "pearl"}
+    trained = {"mlp_speculator", "medusa"}  # trained heads came after the old registry
+    assert set(old) == set(registry.REGISTRY) - {"autoregressive", "pearl"} - trained
     args = _args(datastore, tree, smartspec={"step_costs": COSTS})
     for name, (label, drafter, policy) in old.items():
         built = registry.get(name).method(_ctx(params, args))

@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 
 import specjax.drafters
+from specjax.drafters.medusa import Medusa, MedusaConfig
+from specjax.drafters.mlp_speculator import MLPSpeculator, SpeculatorConfig
 from specjax import trees, verify
 from specjax.bench import registry
 from specjax.drafters import cascade
@@ -47,6 +49,7 @@ from specjax.drafters.swift import Swift
 from specjax.drafters.token_recycling import TokenRecycling
 from specjax.models.config import ModelConfig
 from specjax.models.lm import MarkovLM
+from tests.heads import save_untrained_heads
 from specjax.models.params import init_params
 from specjax.sampling import GREEDY, Sampling
 from specjax.trees import sequoia
@@ -88,6 +91,10 @@ DRAFTERS = {  # name: (drafter, its draft law)
                                     bottom=Bigram(40)), laws.IID),
     "Kangaroo": (Kangaroo(CFG, exit_layer=1), laws.IID),
     "Swift": (Swift(CFG, num_drafts=3), laws.IID),
+    "MLPSpeculator": (MLPSpeculator(SpeculatorConfig(dim=32, vocab_size=40, n_predict=2),
+                                    top_k=(2, 2), num_candidates=2), laws.DETERMINISTIC_TREE),
+    "Medusa": (Medusa(MedusaConfig(dim=32, vocab_size=40, num_heads=2), template=(2, 1), k=2),
+               laws.DETERMINISTIC_TREE),
 }
 
 
@@ -333,7 +340,8 @@ OLD_SAMPLING_VERIFIERS = {
     "dyspec": lambda d: verify.tree_rrs(replacement=False, max_children=d.max_children),
     "rsd_s": lambda d: verify.tree_rrs(replacement=False, max_children=d.beam_width),
     **{name: lambda d: verify.deterministic_tree(d.max_children)
-       for name in ("token_recycling", "aded", "retrieval", "rasd")},
+       for name in ("token_recycling", "aded", "retrieval", "rasd", "mlp_speculator",
+                    "medusa")},
 }
 OVERRIDES = {  # small shapes (as tests/bench/test_registry.py)
     "token_recycling": "template=2.1", "aded": "template=2.1/slots=256", "sd_tree": "tree=2.1",
@@ -342,6 +350,7 @@ OVERRIDES = {  # small shapes (as tests/bench/test_registry.py)
     "sd_confidence": "max_k=3", "specdecpp": "max_k=3", "smartspec": "max_k=2",
     "pearl": "gamma=2", "rsd_s": "beam_width=2/depth=2", "sd_chain": "k=2",
     "dyspec": "num_nodes=6/top_k=2/nodes_per_round=2",
+    "mlp_speculator": "top_k=2.2/num_candidates=2", "medusa": "template=2.1/k=2",
 }
 COSTS = "1;1.1;1.2;1.3;1.4;1.5;1.6;1.7;1.8"
 
@@ -356,8 +365,11 @@ def build_args(tmp_path_factory):
     tree = path.parent / "sequoia.json"
     sequoia.save_templates(tree, [sequoia.make_template([0.5, 0.2], 4, target="tiny",
                                                         draft="self:1", sampling=Sampling())])
+    save_untrained_heads(params, path.parent, CFG)
     return params, {"self_layers": 1, "datastore": str(path), "sequoia_tree": str(tree),
-                    "smartspec": {"step_costs": COSTS}}
+                    "smartspec": {"step_costs": COSTS},
+                    "mlp_speculator": {"head": str(path.parent / "mlp_head")},
+                    "medusa": {"head": str(path.parent / "medusa_head")}}
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, Sampling(temperature=0.8)], ids=["greedy", "T0.8"])

@@ -1,0 +1,49 @@
+"""Trains the MLP speculator (arXiv:2404.19124) on a target's hidden states.
+
+    python -m experiments.train --config=configs/train/mlp_speculator.py:smollm2 \
+        --workdir=workdir/train/mlp_smollm2
+    python -m experiments.train --config=configs/train/mlp_speculator.py:tiny ...   # minutes
+
+Corpus: the Python standard library's sources (code; never Spec-Bench or
+HumanEval text: `training.corpus.EvalGuard`), packed into 256-token records.
+The head is saved as `<cache>/heads/<head_name>` with its target's identity.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    c = ConfigDict()
+    c.target = "smollm2-135m"
+    c.head_name = "mlp-speculator-smollm2-135m"
+    c.dtype = "float32"
+    c.batch_size = 8
+    c.teacher_batch = 4
+    c.validation_records = 64
+    c.corpus = ConfigDict(dict(sources="stdlib", seq_len=256, max_tokens=1_000_000,
+                               val_percent=2.0, name=""))
+    # 3 stages; the heads score the 8192 most frequent tokens of the corpus (FR-Spec)
+    c.head = ConfigDict(dict(kind="mlp_speculator", n_predict=3, inner_dim=0, draft_vocab=8192,
+                             tie_weights=False, scale_input=False))
+    c.train = ConfigDict(dict(steps=3000, learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1,
+                              weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0, log_every=20,
+                              eval_every=250, save_every=250, keep=2, seed=0))
+    if arg in (None, "", "smollm2"):
+        pass
+    elif arg == "qwen":  # the Qwen pair's 1.5B target: a smaller budget (slower teacher)
+        c.target = "qwen2.5-coder-1.5b"
+        c.head_name = "mlp-speculator-qwen2.5-coder-1.5b"
+        c.corpus.max_tokens = 250_000
+        c.head.draft_vocab = 16384
+        c.train.steps = 1500
+    elif arg == "tiny":  # a smoke run on SmolLM2: minutes
+        c.head_name = "mlp-speculator-smollm2-135m-tiny"
+        c.corpus.sources = "stdlib:40"
+        c.corpus.max_tokens = 20_000
+        c.corpus.seq_len = 128
+        c.train.steps = 40
+        c.train.eval_every = 20
+        c.train.save_every = 20
+    else:
+        raise ValueError(f"unknown variant {arg!r}; valid: 'smollm2', 'qwen', 'tiny'")
+    return c

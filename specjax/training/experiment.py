@@ -1,0 +1,195 @@
+"""`python -m experiments.train --config=configs/train/<head>.py:<model>`: corpus ->
+teacher pass -> training -> a head asset, each stage cached and resumable.
+
+1. Corpus (`training.corpus`): the configured sources tokenised with the
+   target's tokenizer into `<cache>/corpora/<name>/` (built once; evaluation
+   sets guarded out; provenance.json records what went in).
+2. Teacher (`training.teacher`): the target's hidden states over both splits
+   into `<cache>/teacher/<corpus name>-<target fingerprint>/{train,val}/`
+   (resumes after a kill).
+3. Training (`training.trainer`) in `--workdir`: checkpoints, metrics.jsonl,
+   curves.png; a rerun resumes from the latest checkpoint.
+4. The head (best validation checkpoint's weights when one exists, else the
+   last) saved with its target's identity to `<cache>/heads/<head_name>/`
+   (`training.assets`), where configs and `load_head` find it by name.
+
+<cache> = `$SPECJAX_CACHE` or `~/.cache/specjax`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from specjax.drafters import heads, medusa, mlp_speculator as ms
+from specjax.training import assets, corpus, data as data_lib, teacher, trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """sources: `corpus.parse_sources` spec; seq_len: tokens per packed record;
+    max_tokens: stop after this many tokens; name: cache directory ("" = derived)."""
+
+    sources: str = "stdlib"
+    seq_len: int = 256
+    max_tokens: int = 1_000_000
+    val_percent: float = 2.0
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """The head to train; `kind` names an entry of `HEADS`. draft_vocab > 0 truncates
+    the heads' vocabulary to the corpus' most frequent tokens (FR-Spec)."""
+
+    kind: str = "mlp_speculator"
+    n_predict: int = 3  # stages (MLP speculator) / heads (Medusa)
+    inner_dim: int = 0  # MLP speculator
+    draft_vocab: int = 0
+    tie_weights: bool = False  # MLP speculator
+    scale_input: bool = False  # MLP speculator
+    own_head: bool = False  # Medusa: each head its own LM head (else the target's, frozen)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainExperimentConfig:
+    target: str
+    head_name: str
+    corpus: CorpusConfig = CorpusConfig()
+    head: HeadConfig = HeadConfig()
+    train: trainer.TrainConfig = trainer.TrainConfig()
+    batch_size: int = 8
+    teacher_batch: int = 4
+    validation_records: int = 64  # validation examples per evaluation (the first ones)
+    dtype: str = "float32"
+
+
+HEADS = ("mlp_speculator", "medusa")
+
+
+def from_config_dict(c) -> TrainExperimentConfig:
+    """The config from a ConfigDict / dict; unknown keys raise ValueError naming them."""
+    from specjax.bench.experiment import checked_keys
+
+    d = dict(checked_keys(TrainExperimentConfig, c.to_dict() if hasattr(c, "to_dict") else c,
+                          "config"))
+    d["corpus"] = CorpusConfig(**checked_keys(CorpusConfig, d.get("corpus", {}), "config.corpus"))
+    d["head"] = HeadConfig(**checked_keys(HeadConfig, d.get("head", {}), "config.head"))
+    d["train"] = trainer.TrainConfig(**checked_keys(trainer.TrainConfig, d.get("train", {}),
+                                                    "config.train"))
+    cfg = TrainExperimentConfig(**d)
+    if cfg.head.kind not in HEADS:
+        raise ValueError(f"unknown head kind {cfg.head.kind!r}; valid: {HEADS}")
+    if not cfg.head_name:
+        raise ValueError("config.head_name is required (the name the trained head is saved as)")
+    return cfg
+
+
+def corpus_name(cfg: TrainExperimentConfig) -> str:
+    if cfg.corpus.name:
+        return cfg.corpus.name
+    key = json.dumps([dataclasses.asdict(cfg.corpus), cfg.target], sort_keys=True)
+    return f"{cfg.target}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def head_setup(cfg: TrainExperimentConfig, target_cfg, target_params, vocab_ids):
+    """(head config, training objective, frozen inputs) of `cfg.head.kind`."""
+    h = cfg.head
+    if h.kind == "mlp_speculator":
+        hcfg = ms.SpeculatorConfig(dim=target_cfg.dim, vocab_size=target_cfg.vocab_size,
+                                   n_predict=h.n_predict, inner_dim=h.inner_dim,
+                                   draft_vocab=h.draft_vocab, tie_weights=h.tie_weights,
+                                   scale_input=h.scale_input)
+        return hcfg, ms.SpeculatorObjective(hcfg), heads.vocab_params(vocab_ids, hcfg)
+    hcfg = medusa.MedusaConfig(dim=target_cfg.dim, vocab_size=target_cfg.vocab_size,
+                               num_heads=h.n_predict, own_head=h.own_head,
+                               draft_vocab=h.draft_vocab)
+    frozen = medusa.frozen_params(hcfg, medusa.target_head(target_cfg, target_params), vocab_ids)
+    return hcfg, medusa.MedusaObjective(hcfg), frozen
+
+
+def run(cfg: TrainExperimentConfig, workdir, *, target=None, tokenizer=None, cache=None,
+        log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Runs the four stages (see module docstring); returns a summary dict.
+
+    `target` = an already loaded (cfg, params) and `tokenizer` an object with
+    `encode(text, add_special_tokens=False)` and `eos_token_id` (tests pass
+    tiny ones; default: `cfg.target` loaded); `cache` overrides the cache root.
+    """
+    from specjax.models import assets as model_assets
+
+    root = Path(cache) if cache else Path(model_assets.cache_dir())
+    if target is None:
+        from specjax.models import loading
+
+        target = loading.load(cfg.target, cfg.dtype, progress=progress)
+        tokenizer = loading.load_tokenizer(cfg.target, progress=progress)
+    tcfg, tparams = target
+    identity = assets.target_identity(cfg.target, tcfg, tparams)
+    eos = int(tokenizer.eos_token_id)
+
+    cdir = root / "corpora" / corpus_name(cfg)
+    if not cdir.is_dir():
+        log(f"building corpus {cdir}")
+        corpus.build(corpus.parse_sources(cfg.corpus.sources),
+                     lambda t: tokenizer.encode(t, add_special_tokens=False),
+                     cdir, seq_len=cfg.corpus.seq_len, eos_id=eos, tokenizer_name=cfg.target,
+                     max_tokens=cfg.corpus.max_tokens, val_percent=cfg.corpus.val_percent,
+                     progress=progress)
+    prov = json.loads((cdir / "provenance.json").read_text())
+    tdir = root / "teacher" / f"{cdir.name}-{identity['fingerprint']}"
+    for split in ("train", "val"):
+        teacher.run(tcfg, tparams, identity, cdir, tdir / split, split=split,
+                    batch=cfg.teacher_batch, progress=progress)
+    train_src = teacher.TeacherSource(cdir, tdir / "train", "train", identity)
+    val_src = teacher.TeacherSource(cdir, tdir / "val", "val", identity)
+    val_n = min(cfg.validation_records, len(val_src))
+    val_items = [val_src[i] for i in range(val_n)]
+
+    vocab_ids = (corpus.frequent_tokens(train_src.records, cfg.head.draft_vocab, always=(eos,))
+                 if cfg.head.draft_vocab else None)
+    hcfg, objective, frozen = head_setup(cfg, tcfg, tparams, vocab_ids)
+    res = trainer.train(
+        objective, frozen,
+        data_lib.batches(train_src, cfg.batch_size, seed=cfg.train.seed), cfg.train, workdir,
+        validation=(lambda: data_lib.eval_batches(val_items, cfg.batch_size)) if val_n else None,
+        tokens_per_batch=cfg.batch_size * cfg.corpus.seq_len, log=log, progress=progress)
+    trainer.plot_curves(workdir)
+    params = _best_params(workdir, res)
+    last = res.history[-1] if res.history else {}
+    out = assets.save_head(cfg.head_name, cfg.head.kind, hcfg,
+                           jax_to_numpy({**params, **frozen}), identity, training={
+                               "corpus": cdir.name, "corpus_provenance": {
+                                   k: prov[k] for k in ("sources", "tokens", "records",
+                                                        "eval_guard", "tokenizer", "seq_len")},
+                               "steps": cfg.train.steps, "batch_size": cfg.batch_size,
+                               "tokens_seen": cfg.train.steps * cfg.batch_size * cfg.corpus.seq_len,
+                               "best_val_loss": res.best_val_loss,
+                               "last": {k: v for k, v in last.items()}})
+    log(f"head saved to {out}")
+    return {"head": str(out), "history": res.history, "best_val_loss": res.best_val_loss,
+            "corpus": str(cdir), "teacher": str(tdir)}
+
+
+def _best_params(workdir, res: trainer.TrainResult):
+    """The best validation checkpoint's params (the last ones if none)."""
+    import orbax.checkpoint as ocp
+
+    best = ocp.CheckpointManager(Path(workdir).absolute() / "best")
+    step = best.best_step() if hasattr(best, "best_step") else None
+    if step is None:
+        return res.state.params
+    restored = best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(res.state), data=ocp.args.JsonRestore()))
+    return restored.state.params
+
+
+def jax_to_numpy(tree) -> Any:
+    import jax
+
+    return jax.tree.map(np.asarray, tree)
