@@ -22,9 +22,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.validation_records = 64
     c.corpus = ConfigDict(dict(sources="stdlib", seq_len=256, max_tokens=1_000_000,
                                val_percent=2.0, name=""))
-    # 3 stages; the heads score the 8192 most frequent tokens of the corpus (FR-Spec)
+    # 3 stages; the heads score the 8192 most frequent tokens of the corpus (FR-Spec);
+    # kind="medusa" trains Medusa heads (n_predict heads, own_head: their own LM heads)
     c.head = ConfigDict(dict(kind="mlp_speculator", n_predict=3, inner_dim=0, draft_vocab=8192,
-                             tie_weights=False, scale_input=False))
+                             tie_weights=False, scale_input=False, own_head=False))
     c.train = ConfigDict(dict(steps=3000, learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1,
                               weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0, log_every=20,
                               eval_every=250, save_every=250, keep=2, seed=0))

@@ -181,7 +181,7 @@ def _best_params(workdir, res: trainer.TrainResult):
     import orbax.checkpoint as ocp
 
     best = ocp.CheckpointManager(Path(workdir).absolute() / "best")
-    step = best.best_step() if hasattr(best, "best_step") else None
+    step = best.best_step()
     if step is None:
         return res.state.params
     restored = best.restore(step, args=ocp.args.Composite(

@@ -248,7 +248,7 @@ def _best_so_far(best) -> float:
     step = best.best_step()
     if step is None:
         return math.inf
-    metrics = best.metrics(step) if hasattr(best, "metrics") else None
+    metrics = best.metrics(step)
     return float(metrics["val_loss"]) if metrics else math.inf
 
 
