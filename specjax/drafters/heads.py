@@ -96,6 +96,16 @@ def head_cross_entropy(params: dict, cfg, logits: jax.Array, targets: jax.Array,
     return jnp.sum(nll * w, axis=(1, 2)) / denom, jnp.sum(hit, axis=(1, 2)) / denom
 
 
+def scored_positions(length: int, ahead: int) -> int:
+    """T = positions of a record of `length` tokens whose target `ahead` (and one more
+    token of context) tokens on lies inside it; ValueError if none."""
+    T = length - ahead - 1
+    if T < 1:
+        raise ValueError(f"records of {length} tokens are too short for heads predicting "
+                         f"{ahead} tokens ahead")
+    return T
+
+
 def same_document(segments: jax.Array, T: int, offsets) -> jax.Array:
     """f32[n, B, T]: 1 where position t and t + offset lie in the same (real) document,
     for each offset (the weights of a head predicting `offset` tokens ahead)."""

@@ -187,10 +187,8 @@ class MedusaObjective:
     def loss(self, params, frozen, batch, key):
         del key
         cfg = self.config
-        K, L = cfg.num_heads, batch["tokens"].shape[1]
-        T = L - K - 1
-        if T < 1:
-            raise ValueError(f"records of {L} tokens are too short for {K} heads")
+        K = cfg.num_heads
+        T = heads.scored_positions(batch["tokens"].shape[1], K)
         p = {**params, **frozen}
         logits = head_logits(p, cfg, batch["hidden"][:, :T])  # [K, B, T, Vd]
         targets = jnp.stack([batch["tokens"][:, k + 2:k + 2 + T] for k in range(K)])

@@ -331,10 +331,8 @@ class SpeculatorObjective:
     def loss(self, params, frozen, batch, key):
         del key
         cfg = self.config
-        n, L = cfg.n_predict, batch["tokens"].shape[1]
-        T = L - n - 1
-        if T < 1:
-            raise ValueError(f"records of {L} tokens are too short for {n} stages")
+        n = cfg.n_predict
+        T = heads.scored_positions(batch["tokens"].shape[1], n)
         weights = heads.same_document(batch["segments"], T, range(1, n + 1))
         return loss({**params, **(frozen or {})}, cfg,
                     batch["hidden"][:, :T].astype(jnp.float32), batch["tokens"][:, 1:], weights)

@@ -15,7 +15,7 @@ from specjax.models import decoder
 from specjax.training import data as data_lib
 from specjax.training import trainer
 from tests.drafters.conftest import check_greedy_identity
-from tests.drafters.test_mlp_speculator import _cyclic_batches, _teacher_records
+from tests.drafters.test_mlp_speculator import _cyclic_batches, tiny_teacher_records
 
 
 def test_untrained_heads_are_the_targets_lm_head(tiny):
@@ -58,12 +58,8 @@ def test_the_template_holds_each_heads_ranked_candidates():
 
 @pytest.fixture(scope="module")
 def trained_medusa(tiny, tmp_path_factory):
-    cfg, params, prompts, ref = tiny
-    more = [[int(x) for x in np.random.default_rng(i).integers(0, cfg.vocab_size, 5)]
-            for i in range(28)]
-    recs = _teacher_records(cfg, params, prompts + more, len(ref[0]))
-    L = min(len(r["tokens"]) for r in recs)
-    recs = [{k: v[:L] for k, v in r.items()} for r in recs]
+    cfg, params, _, _ = tiny
+    recs = tiny_teacher_records(tiny)
     mcfg = medusa.MedusaConfig(dim=cfg.dim, vocab_size=cfg.vocab_size, num_heads=2,
                                own_head=True)
     frozen = medusa.frozen_params(mcfg, medusa.target_head(cfg, params))

@@ -189,14 +189,21 @@ def _teacher_records(cfg, params, prompts, n_new):
     return records
 
 
-@pytest.fixture(scope="module")
-def trained_head(tiny, tmp_path_factory):
+def tiny_teacher_records(tiny):
+    """Teacher records of the tiny target's greedy continuations of its test prompts and 28
+    random 5-token prompts, cut to one length."""
     cfg, params, prompts, ref = tiny
     more = [[int(x) for x in np.random.default_rng(i).integers(0, cfg.vocab_size, 5)]
             for i in range(28)]
     records = _teacher_records(cfg, params, prompts + more, len(ref[0]))
     L = min(len(r["tokens"]) for r in records)
-    records = [{k: v[:L] for k, v in r.items()} for r in records]
+    return [{k: v[:L] for k, v in r.items()} for r in records]
+
+
+@pytest.fixture(scope="module")
+def trained_head(tiny, tmp_path_factory):
+    cfg, params, _, _ = tiny
+    records = tiny_teacher_records(tiny)
     scfg = ms.SpeculatorConfig(dim=cfg.dim, vocab_size=cfg.vocab_size, n_predict=3)
     tc = trainer.TrainConfig(steps=300, learning_rate=1e-2, warmup_steps=20, log_every=100,
                              save_every=300, eval_every=300)
