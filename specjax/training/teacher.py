@@ -133,7 +133,8 @@ class TeacherSource:
         if missing or self.meta["records"] != len(self.records):
             raise ValueError(f"the teacher pass in {teacher} is incomplete (missing {missing}); "
                              "run it again to finish it")
-        self._hidden = ArrayRecordDataSource([str(p) for p in shards])
+        # an empty split (e.g. no document hashed into validation) has no shard
+        self._hidden = ArrayRecordDataSource([str(p) for p in shards]) if shards else None
         self.dim, self.num_layers = self.meta["dim"], len(self.meta["layers"])
 
     def __len__(self) -> int:

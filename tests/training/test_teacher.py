@@ -65,3 +65,10 @@ def test_another_target_or_setting_is_refused(built):
         teacher.run(TINY, other, other_id, root / "c", out, progress=False)
     with pytest.raises(ValueError, match="teacher pass .* is for target"):
         teacher.TeacherSource(root / "c", out, identity=other_id)
+
+
+def test_an_empty_split_is_an_empty_source(built):
+    root, params, ident = built  # val_percent=0: no validation records
+    teacher.run(TINY, params, ident, root / "c", root / "tv", split="val", progress=False)
+    src = teacher.TeacherSource(root / "c", root / "tv", "val", ident)
+    assert len(src) == 0 and len(src.records) == 0
