@@ -133,24 +133,45 @@ def in_validation(name: str, val_percent: float) -> bool:
     return int(_sha(name.encode())[:8], 16) % 10_000 < val_percent * 100
 
 
-def pack(docs: Iterable[np.ndarray], seq_len: int) -> Iterator[np.ndarray]:
-    """Token arrays (EOS included) -> int32[2, seq_len] records (tokens; segments),
-    documents back to back, split across records; the last record is padded (0)."""
-    buf_t, buf_s, seg = [], [], 0
-    for doc in docs:
-        seg += 1
-        pos = 0
+class Packer:
+    """Streams token arrays (EOS included) into int32[2, seq_len] records (tokens;
+    segments): documents back to back and split across records, numbered 1, 2, ...
+    within each record; `finish` pads the last record (0)."""
+
+    def __init__(self, seq_len: int):
+        self.seq_len, self.tokens, self.segments, self.seg = seq_len, [], [], 0
+
+    def add(self, doc: np.ndarray) -> list[np.ndarray]:
+        """The records `doc` completes."""
+        out, pos = [], 0
+        self.seg += 1
         while pos < len(doc):
-            take = min(seq_len - len(buf_t), len(doc) - pos)
-            buf_t.extend(doc[pos:pos + take].tolist())
-            buf_s.extend([seg] * take)
+            take = min(self.seq_len - len(self.tokens), len(doc) - pos)
+            self.tokens.extend(doc[pos:pos + take].tolist())
+            self.segments.extend([self.seg] * take)
             pos += take
-            if len(buf_t) == seq_len:
-                yield np.array([buf_t, buf_s], np.int32)
-                buf_t, buf_s, seg = [], [], 1 if pos < len(doc) else 0
-    if buf_t:
-        pad = seq_len - len(buf_t)
-        yield np.array([buf_t + [0] * pad, buf_s + [0] * pad], np.int32)
+            if len(self.tokens) == self.seq_len:
+                out.append(np.array([self.tokens, self.segments], np.int32))
+                self.tokens, self.segments = [], []
+                self.seg = 1 if pos < len(doc) else 0
+        return out
+
+    def finish(self) -> list[np.ndarray]:
+        """The padded last record, if any."""
+        if not self.tokens:
+            return []
+        pad = self.seq_len - len(self.tokens)
+        rec = np.array([self.tokens + [0] * pad, self.segments + [0] * pad], np.int32)
+        self.tokens, self.segments = [], []
+        return [rec]
+
+
+def pack(docs: Iterable[np.ndarray], seq_len: int) -> Iterator[np.ndarray]:
+    """All records of `docs` (`Packer`)."""
+    packer = Packer(seq_len)
+    for doc in docs:
+        yield from packer.add(doc)
+    yield from packer.finish()
 
 
 def build(docs: Iterable[Document], encode, out: str | Path, *, seq_len: int, eos_id: int,
@@ -175,23 +196,17 @@ def build(docs: Iterable[Document], encode, out: str | Path, *, seq_len: int, eo
     counts = {"documents": 0, "dropped_eval_overlap": 0, "dropped_empty": 0,
               "tokens": {"train": 0, "val": 0}, "records": {"train": 0, "val": 0}}
     files: dict[str, str] = {}
+    sources: set[str] = set()
     dropped: list[str] = []
     try:
         writers = {s: ArrayRecordWriter(str(tmp / f"{s}.array_record"), "group_size:1")
                    for s in ("train", "val")}
-        pending = {"train": [], "val": []}
+        packers = {s: Packer(seq_len) for s in writers}
 
-        def flush(split, final=False):
-            docs_ = pending[split]
-            if not docs_ or (not final and sum(map(len, docs_)) < 64 * seq_len):
-                return
-            packed = list(pack(docs_, seq_len))
-            keep = packed if final else packed[:-1]  # the partial record waits for more
-            for rec in keep:
+        def write(split, records):
+            for rec in records:
                 writers[split].write(rec.tobytes())
-            counts["records"][split] += len(keep)
-            tail = [] if final else [packed[-1][0][packed[-1][1] > 0]]
-            pending[split] = [t for t in tail if len(t)]
+            counts["records"][split] += len(records)
 
         bar = tqdm(desc="tokenise", unit="tok", disable=not progress)
         total = 0
@@ -208,21 +223,21 @@ def build(docs: Iterable[Document], encode, out: str | Path, *, seq_len: int, eo
                 continue
             ids = np.asarray(list(encode(doc.text)) + [eos_id], np.int32)
             split = "val" if in_validation(doc.name, val_percent) else "train"
-            pending[split].append(ids)
+            write(split, packers[split].add(ids))
             counts["tokens"][split] += len(ids)
             total += len(ids)
+            sources.add(doc.source)
             files.setdefault(doc.name.rsplit(":", 1)[0] if doc.source.startswith("jsonl")
                              else doc.name, doc.sha256)
             bar.update(len(ids))
-            flush(split)
         bar.close()
         for split in ("train", "val"):
-            flush(split, final=True)
+            write(split, packers[split].finish())
             writers[split].close()
         prov = {"format": FORMAT, "seq_len": seq_len, "eos_id": eos_id,
                 "tokenizer": tokenizer_name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                       time.gmtime()),
-                "sources": sorted({d for d in _sources_of(files)}), "files": files,
+                "sources": sorted(sources), "files": files,
                 "split": f"sha256(name) % 10000 < {val_percent * 100:g} -> val",
                 "eval_guard": {"min_chars": guard.min_chars, "sets": ["spec_bench (480)",
                                                                       "humaneval (164)"],
@@ -233,11 +248,6 @@ def build(docs: Iterable[Document], encode, out: str | Path, *, seq_len: int, eo
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return prov
-
-
-def _sources_of(files: dict) -> Iterator[str]:
-    for name in files:
-        yield name.split("/", 1)[0] if "/" in name else name
 
 
 class PackedRecords:

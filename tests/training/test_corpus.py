@@ -24,6 +24,22 @@ def test_pack_numbers_documents_and_pads_the_last_record():
     assert [r[1].tolist() for r in recs] == [[1, 1, 1, 1], [1, 1, 2, 2], [1, 1, 1, 0]]
 
 
+def test_documents_keep_their_own_segment_in_a_long_stream(tmp_path):
+    """Many records' worth of documents: a segment number changes exactly after an EOS
+    (a head never learns across a document boundary) and records hold every token."""
+    docs = [corpus.Document("t", f"d{i}", "x" * (7 + i % 13), "h") for i in range(400)]
+    prov = corpus.build(docs, CharTokenizer().encode, tmp_path / "c", seq_len=16, eos_id=1,
+                        tokenizer_name="chars", val_percent=0, progress=False)
+    recs = corpus.PackedRecords(tmp_path / "c")
+    assert len(recs) * 16 >= prov["tokens"]["train"] > 64 * 16
+    for i in range(len(recs)):
+        t, seg = recs[i]["tokens"], recs[i]["segments"]
+        for j in range(15):
+            if seg[j + 1] > 0:
+                assert (seg[j + 1] != seg[j]) == (t[j] == 1), (i, j)
+    assert prov["sources"] == ["t"]
+
+
 def test_guard_drops_documents_sharing_a_line_with_an_evaluation_set():
     guard = corpus.EvalGuard()
     he = prompts.humaneval_rows()[120]["prompt"]  # a problem of the final-report split too
