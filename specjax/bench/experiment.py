@@ -37,7 +37,7 @@ import numpy as np
 from specjax import sharding
 from specjax.bench import metrics, paper_tables, prompts as prompts_lib, registry, report
 from specjax.bench.map_budget import peak_resident_bytes
-from specjax.bench.runner import Generator, run
+from specjax.bench.runner import Generator, on_any_process, run
 from specjax.sampling import Sampling
 
 
@@ -352,14 +352,9 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
 
 
 def _check_not_resuming_many_processes(records_path: Path) -> None:
-    """ValueError on every process if several run and process 0 would resume: the others
+    """ValueError on every process if several run and one would resume: the others
     would not skip the recorded prompts, and the processes' collectives would deadlock."""
-    if jax.process_count() == 1:
-        return
-    from jax.experimental import multihost_utils
-
-    found = multihost_utils.broadcast_one_to_all(np.int32(records_path.exists()))
-    if int(found):
+    if jax.process_count() > 1 and on_any_process(records_path.exists()):
         raise ValueError(f"{records_path} exists: a run of several processes cannot resume; "
                          "use a new --workdir (or one process)")
 

@@ -58,7 +58,7 @@ def encode_turns(tok, prompt: Prompt, answers: Sequence[str], chat: bool) -> lis
     return apply_chat_template(tok, conv)
 
 
-def _on_any_process(flag: bool) -> bool:
+def on_any_process(flag: bool) -> bool:
     """`flag` or-ed over the processes of a `jax.distributed` run."""
     if jax.process_count() == 1:
         return flag
@@ -74,7 +74,7 @@ def _timed(gen: Generator, ids: list[int]) -> tuple[GenResult, float, float]:
         t0 = time.perf_counter()
         res = gen.fn(ids)
         seconds = time.perf_counter() - t0
-    if _on_any_process(ct.seconds > 0):
+    if on_any_process(ct.seconds > 0):
         t0 = time.perf_counter()
         res = gen.fn(ids)
         seconds = time.perf_counter() - t0

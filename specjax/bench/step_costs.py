@@ -204,7 +204,7 @@ def measure_smartspec(target: LanguageModel, target_params, draft: LanguageModel
         d_pre = prefill_time(draft, draft_params, tokens, lengths, max_len, repeats)
         ref = None
         for name, (out, seconds) in times.items():
-            gen, stats = (out, None) if stats_free(name) else out
+            gen, stats = (out, None) if name == "autoregressive" else out
             n = int(gen.num_tokens[0])
             toks = np.asarray(gen.tokens)[0][:n]
             ref = toks if ref is None else ref
@@ -217,10 +217,6 @@ def measure_smartspec(target: LanguageModel, target_params, draft: LanguageModel
                                 costs=cal.costs, held_out_k=mid, held_out_measured=held_out,
                                 held_out_modelled=cal.seconds(mid)),
             "rows": rows, "summary": summarize_smartspec(rows, cal)}
-
-
-def stats_free(name: str) -> bool:
-    return name == "autoregressive"
 
 
 def summarize_smartspec(rows: Sequence[dict], cal: LoopCalibration) -> dict:

@@ -22,9 +22,8 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 
 from specjax.drafters import heads, medusa, mlp_speculator as ms
 from specjax.training import assets, corpus, data as data_lib, teacher, trainer
@@ -163,7 +162,7 @@ def run(cfg: TrainExperimentConfig, workdir, *, target=None, tokenizer=None, cac
     params = _best_params(workdir, res)
     last = res.history[-1] if res.history else {}
     out = assets.save_head(cfg.head_name, cfg.head.kind, hcfg,
-                           jax_to_numpy({**params, **frozen}), identity, training={
+                           {**params, **frozen}, identity, training={
                                "corpus": cdir.name, "corpus_provenance": {
                                    k: prov[k] for k in ("sources", "tokens", "records",
                                                         "eval_guard", "tokenizer", "seq_len")},
@@ -187,9 +186,3 @@ def _best_params(workdir, res: trainer.TrainResult):
     restored = best.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(res.state), data=ocp.args.JsonRestore()))
     return restored.state.params
-
-
-def jax_to_numpy(tree) -> Any:
-    import jax
-
-    return jax.tree.map(np.asarray, tree)
