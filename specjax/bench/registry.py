@@ -739,6 +739,34 @@ def medusa(ctx: BuildContext, s: Settings) -> Speculative:
                         params)
 
 
+def _eagle(ctx: BuildContext, s: Settings, cls, label: str) -> Speculative:
+    """An EAGLE head (`drafters.eagle`) drafting with tree builder `cls`; the shared
+    embedding and LM head come from the loaded target (the asset holds only the
+    trained weights and the draft vocabulary)."""
+    from specjax.drafters import eagle as eg
+
+    meta, params = _trained_head(ctx, s, "eagle")
+    cfg = eg.EagleConfig(**meta["config"])
+    d = cls(cfg, **s.of(cls))
+    frozen = eg.frozen_params(cfg, ctx.target_cfg, ctx.target_params, params.get("vocab_ids"))
+    return _speculative(label(d), d, verifier_for(ctx.sampling, d), {**params, **frozen})
+
+
+def eagle(ctx: BuildContext, s: Settings) -> Speculative:
+    """A trained EAGLE head with EAGLE-1's static tree."""
+    from specjax.drafters.eagle import Eagle
+
+    return _eagle(ctx, s, Eagle, lambda d: f"eagle({settings.show(d.template)})")
+
+
+def eagle2(ctx: BuildContext, s: Settings) -> Speculative:
+    """A trained EAGLE head with EAGLE-2's dynamic tree."""
+    from specjax.drafters.eagle import Eagle2
+
+    return _eagle(ctx, s, Eagle2,
+                  lambda d: f"eagle2(depth={d.depth},top_k={d.top_k},N={d.num_nodes})")
+
+
 def _parts() -> dict[str, tuple[Part, ...]]:
     """Each method's settings: the parts it is built from (imported here, not at import
     time of every drafter's dependencies)."""
@@ -746,6 +774,7 @@ def _parts() -> dict[str, tuple[Part, ...]]:
     from specjax.drafters.aded import Aded
     from specjax.drafters.bigram import Bigram
     from specjax.drafters.dyspec import DySpec
+    from specjax.drafters.eagle import Eagle, Eagle2
     from specjax.drafters.kangaroo import Kangaroo
     from specjax.drafters.max_gram import MaxGram
     from specjax.drafters.medusa import Medusa
@@ -787,6 +816,8 @@ def _parts() -> dict[str, tuple[Part, ...]]:
                  Part(Datastore), draft),
         "mlp_speculator": (Part(TrainedHead), Part(MLPSpeculator, ("config",))),
         "medusa": (Part(TrainedHead), Part(Medusa, ("config", "max_nodes"))),
+        "eagle": (Part(TrainedHead), Part(Eagle, ("config", "max_nodes"))),
+        "eagle2": (Part(TrainedHead), Part(Eagle2, ("config",))),
     }
 
 
@@ -832,6 +863,10 @@ _METHODS = [  # name, paper, lossless, needs, builder, derived settings (MethodI
      "a trained head (head=NAME, experiments.train)", mlp_speculator, {}),
     ("medusa", "Medusa, Cai et al. arXiv:2401.10774", "yes",
      "trained heads (head=NAME, experiments.train)", medusa, {}),
+    ("eagle", "EAGLE, Li et al. arXiv:2401.15077 (static tree)", "yes",
+     "a trained EAGLE head (head=NAME, experiments.train)", eagle, {}),
+    ("eagle2", "EAGLE-2, Li et al. arXiv:2406.16858 (dynamic tree)", "yes",
+     "a trained EAGLE head (head=NAME, experiments.train)", eagle2, {}),
 ]
 _PARTS = _parts()
 REGISTRY: dict[str, MethodInfo] = {

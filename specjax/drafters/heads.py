@@ -40,6 +40,28 @@ def vocab_params(vocab_ids, cfg) -> dict:
     return {"vocab_ids": jnp.asarray(check_vocab_ids(vocab_ids, cfg), jnp.int32)}
 
 
+def target_head(target_cfg, target_params) -> jax.Array:
+    """The target's LM head as a [D, V] matrix (its tied embedding transposed)."""
+    from specjax.models import linear
+
+    if "lm_head" in target_params:
+        return jnp.asarray(target_params["lm_head"])
+    if target_cfg.tie_embeddings:
+        return jnp.asarray(target_params["embed"]).T
+    return jnp.asarray(linear.unprepare_weight(target_params["lm_head_panels"]))
+
+
+def frozen_lm_head(cfg, lm_head: jax.Array, vocab_ids=None) -> dict:
+    """{"lm_head": [D, V_d]}: the target's LM head restricted to the draft vocabulary's
+    columns, and with truncation {"vocab_ids": int32[V_d]}."""
+    if not cfg.draft_vocab:
+        if vocab_ids is not None:
+            raise ValueError("vocab_ids given but draft_vocab = 0 (full vocabulary)")
+        return {"lm_head": lm_head}
+    ids = jnp.asarray(check_vocab_ids(vocab_ids, cfg), jnp.int32)
+    return {"lm_head": lm_head[:, ids], "vocab_ids": ids}
+
+
 def to_target_ids(params: dict, index: jax.Array) -> jax.Array:
     """Draft-vocabulary indices -> target token ids (identity without truncation)."""
     return params["vocab_ids"][index] if "vocab_ids" in params else index

@@ -69,26 +69,10 @@ class MedusaConfig:
         return self.draft_vocab or self.vocab_size
 
 
-def target_head(target_cfg, target_params) -> jax.Array:
-    """The target's LM head as a [D, V] matrix (its tied embedding transposed)."""
-    from specjax.models import linear
-
-    if "lm_head" in target_params:
-        return jnp.asarray(target_params["lm_head"])
-    if target_cfg.tie_embeddings:
-        return jnp.asarray(target_params["embed"]).T
-    return jnp.asarray(linear.unprepare_weight(target_params["lm_head_panels"]))
-
-
 def frozen_params(cfg: MedusaConfig, lm_head: jax.Array, vocab_ids=None) -> Params:
     """What the heads read of the target: {"lm_head": [D, V_d]} (columns of the draft
-    vocabulary) and, truncated, {"vocab_ids": int32[V_d]}."""
-    if not cfg.draft_vocab:
-        if vocab_ids is not None:
-            raise ValueError("vocab_ids given but draft_vocab = 0 (full vocabulary)")
-        return {"lm_head": lm_head}
-    ids = jnp.asarray(heads.check_vocab_ids(vocab_ids, cfg), jnp.int32)
-    return {"lm_head": lm_head[:, ids], "vocab_ids": ids}
+    vocabulary) and, truncated, {"vocab_ids": int32[V_d]} (`heads.frozen_lm_head`)."""
+    return heads.frozen_lm_head(cfg, lm_head, vocab_ids)
 
 
 def init_params(cfg: MedusaConfig, key: jax.Array, frozen: Params | None = None) -> Params:

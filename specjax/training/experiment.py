@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from specjax.drafters import heads, medusa, mlp_speculator as ms
+from specjax.drafters import eagle, heads, medusa, mlp_speculator as ms
 from specjax.training import assets, corpus, data as data_lib, teacher, trainer
 
 
@@ -47,12 +47,15 @@ class HeadConfig:
     the heads' vocabulary to the corpus' most frequent tokens (FR-Spec)."""
 
     kind: str = "mlp_speculator"
-    n_predict: int = 3  # stages (MLP speculator) / heads (Medusa)
+    n_predict: int = 3  # stages (MLP speculator) / heads (Medusa); unused by EAGLE
     inner_dim: int = 0  # MLP speculator
     draft_vocab: int = 0
     tie_weights: bool = False  # MLP speculator
     scale_input: bool = False  # MLP speculator
     own_head: bool = False  # Medusa: each head its own LM head (else the target's, frozen)
+    noise: float = 0.2  # EAGLE: uniform feature-noise amplitude (x 512 / seq_len)
+    feature_weight: float = 1.0  # EAGLE: SmoothL1 feature regression
+    token_weight: float = 0.1  # EAGLE: soft cross-entropy to the target's next-token law
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +71,10 @@ class TrainExperimentConfig:
     dtype: str = "float32"
 
 
-HEADS = ("mlp_speculator", "medusa")
+HEADS = ("mlp_speculator", "medusa", "eagle")
+# frozen inputs a saved head keeps; the others are the target's own tensors, taken from
+# the loaded target at drafting time (registry)
+SAVED_FROZEN = {"mlp_speculator": None, "medusa": None, "eagle": ("vocab_ids",)}
 
 
 def from_config_dict(c) -> TrainExperimentConfig:
@@ -105,10 +111,15 @@ def head_setup(cfg: TrainExperimentConfig, target_cfg, target_params, vocab_ids)
                                    draft_vocab=h.draft_vocab, tie_weights=h.tie_weights,
                                    scale_input=h.scale_input)
         return hcfg, ms.SpeculatorObjective(hcfg), heads.vocab_params(vocab_ids, hcfg)
+    if h.kind == "eagle":
+        hcfg = eagle.EagleConfig.for_target(target_cfg, h.draft_vocab)
+        return (hcfg, eagle.EagleObjective(hcfg, noise=h.noise, feature_weight=h.feature_weight,
+                                           token_weight=h.token_weight),
+                eagle.frozen_params(hcfg, target_cfg, target_params, vocab_ids))
     hcfg = medusa.MedusaConfig(dim=target_cfg.dim, vocab_size=target_cfg.vocab_size,
                                num_heads=h.n_predict, own_head=h.own_head,
                                draft_vocab=h.draft_vocab)
-    frozen = medusa.frozen_params(hcfg, medusa.target_head(target_cfg, target_params), vocab_ids)
+    frozen = medusa.frozen_params(hcfg, heads.target_head(target_cfg, target_params), vocab_ids)
     return hcfg, medusa.MedusaObjective(hcfg), frozen
 
 
@@ -161,8 +172,10 @@ def run(cfg: TrainExperimentConfig, workdir, *, target=None, tokenizer=None, cac
     trainer.plot_curves(workdir)
     params = _best_params(workdir, res)
     last = res.history[-1] if res.history else {}
+    keep = SAVED_FROZEN[cfg.head.kind]
+    saved = {k: v for k, v in frozen.items() if keep is None or k in keep}
     out = assets.save_head(cfg.head_name, cfg.head.kind, hcfg,
-                           {**params, **frozen}, identity, training={
+                           {**params, **saved}, identity, training={
                                "corpus": cdir.name, "corpus_provenance": {
                                    k: prov[k] for k in ("sources", "tokens", "records",
                                                         "eval_guard", "tokenizer", "seq_len")},

@@ -41,9 +41,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 
 class Objective(Protocol):
+    """What a head's training provides: `init` its trainable params (given the frozen
+    inputs it reads of the target) and `loss` -> (scalar, {"loss_i": [n], "top1_i": [n],
+    ...}) on a batch; `key` is None at evaluation (no training noise)."""
+
     def init(self, key: jax.Array, frozen=None) -> Any: ...
 
-    def loss(self, params, frozen, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]: ...
+    def loss(self, params, frozen, batch: dict, key: jax.Array | None) -> tuple[jax.Array, dict]:
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +134,9 @@ def make_step(objective: Objective, cfg: TrainConfig) -> Callable:
 
 
 def make_eval(objective: Objective) -> Callable:
-    """jitted (params, frozen, batch) -> (loss, metrics), no noise (key 0)."""
-    return jax.jit(lambda p, f, b: objective.loss(p, f, b, jax.random.key(0)))
+    """jitted (params, frozen, batch) -> (loss, metrics) without training noise (key
+    None: objectives add noise, e.g. EAGLE's feature noise, only when given a key)."""
+    return jax.jit(lambda p, f, b: objective.loss(p, f, b, None))
 
 
 def shard_batch(batch: dict, mesh) -> dict:

@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from specjax import decode, policies, verify
-from tests.heads import save_untrained_heads
+from tests.heads import head_sections, save_untrained_heads
 from specjax.bench import registry
 from specjax.drafters import cascade
 from specjax.drafters.aded import Aded
@@ -48,6 +48,7 @@ OVERRIDES = {  # small shapes: fast compiles
     "pearl": "gamma=2", "rsd_s": "beam_width=2/depth=2",
     "dyspec": "num_nodes=6/top_k=2/nodes_per_round=2",
     "mlp_speculator": "top_k=2.2/num_candidates=2", "medusa": "template=2.1/k=2",
+    "eagle": "template=2.1/k=2", "eagle2": "depth=2/top_k=2/num_nodes=5",
 }
 COSTS = "1;1.1;1.2;1.3;1.4;1.5;1.6;1.7;1.8"  # smartspec's step costs T(0..8), not measured
 
@@ -70,8 +71,7 @@ def _args(datastore, tree, **more):
     heads = Path(datastore).parent
     return {"self_layers": 1, "datastore": datastore, "sequoia_tree": tree,
             "sd_chain": {"k": 2}, "sd_tree": {"tree": "2.2"},
-            "mlp_speculator": {"head": str(heads / "mlp_head")},
-            "medusa": {"head": str(heads / "medusa_head")}, **more}
+            **head_sections(heads), **more}
 
 
 def _ctx(params, args, sampling=Sampling()):
@@ -144,7 +144,7 @@ def test_default_settings_build_what_the_old_registry_built(setup):
     registry's hand-written builders before settings came from the classes."""
     params, _, datastore, tree = setup
     old = _old_builds(params, tree)
-    trained = {"mlp_speculator", "medusa"}  # trained heads came after the old registry
+    trained = {"mlp_speculator", "medusa", "eagle", "eagle2"}  # trained heads came after the old registry
     assert set(old) == set(registry.REGISTRY) - {"autoregressive", "pearl"} - trained
     args = _args(datastore, tree, smartspec={"step_costs": COSTS})
     for name, (label, drafter, policy) in old.items():

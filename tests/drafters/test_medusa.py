@@ -21,7 +21,7 @@ from tests.drafters.test_mlp_speculator import _cyclic_batches, tiny_teacher_rec
 def test_untrained_heads_are_the_targets_lm_head(tiny):
     cfg, params, _, _ = tiny
     mcfg = medusa.MedusaConfig(dim=cfg.dim, vocab_size=cfg.vocab_size, num_heads=3)
-    lm_head = medusa.target_head(cfg, params)
+    lm_head = heads.target_head(cfg, params)
     frozen = medusa.frozen_params(mcfg, lm_head)
     p = {**medusa.init_params(mcfg, jax.random.key(0)), **frozen}
     h = jax.random.normal(jax.random.key(1), (2, cfg.dim))
@@ -62,7 +62,7 @@ def trained_medusa(tiny, tmp_path_factory):
     recs = tiny_teacher_records(tiny)
     mcfg = medusa.MedusaConfig(dim=cfg.dim, vocab_size=cfg.vocab_size, num_heads=2,
                                own_head=True)
-    frozen = medusa.frozen_params(mcfg, medusa.target_head(cfg, params))
+    frozen = medusa.frozen_params(mcfg, heads.target_head(cfg, params))
     tc = trainer.TrainConfig(steps=300, learning_rate=1e-2, warmup_steps=20, log_every=50,
                              save_every=300, eval_every=300)
     res = trainer.train(medusa.MedusaObjective(mcfg), frozen,

@@ -220,15 +220,15 @@ def test_greedy_identity_batch_rows_and_no_recompilation(tiny, trained_head):
         rows=(0, 2), min_tau=1.5, draft_params=head)
 
 
-def _second_token_pvalue(tiny, head_cfg, head, verifier_of, rows=2000):
+def second_token_pvalue(tiny, d, head, verifier_of, rows=2000):
     """Chi-square p-value of the second generated token's law (temperature 1, many rows
-    of one prompt) against the exact law sum_a p(a) p(. | a) of the tiny target."""
+    of one prompt, drafter d with params `head`) against the exact law
+    sum_a p(a) p(. | a) of the tiny target."""
     from scipy import stats
 
     from specjax.sampling import Sampling
 
     cfg, params, prompts, _ = tiny
-    d = ms.MLPSpeculator(head_cfg, top_k=(3, 2, 2), num_candidates=4)
     out = decode.speculative_generate(
         params, cfg, [prompts[0]] * rows, method=decode.Method(d, verifier_of(d)),
         draft_params=head, max_new_tokens=2, sampling=Sampling(temperature=1.0),
@@ -263,7 +263,8 @@ class DraftsAsTheyAre(MutantVerifier):
 
 def test_sampling_keeps_the_targets_law_and_rejects_a_mutant(tiny, trained_head):
     scfg, head = trained_head
+    d = ms.MLPSpeculator(scfg, top_k=(3, 2, 2), num_candidates=4)
     exact = lambda d: verify.deterministic_tree(d.max_children)  # noqa: E731
-    assert _second_token_pvalue(tiny, scfg, head, exact) > 1e-3
+    assert second_token_pvalue(tiny, d, head, exact) > 1e-3
     mutant = lambda d: DraftsAsTheyAre(exact(d))  # noqa: E731
-    assert _second_token_pvalue(tiny, scfg, head, mutant) < 1e-6
+    assert second_token_pvalue(tiny, d, head, mutant) < 1e-6

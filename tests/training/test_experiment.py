@@ -6,8 +6,10 @@ from __future__ import annotations
 import jax
 import pytest
 
+from configs.train import eagle as eagle_config
 from configs.train import mlp_speculator as config_module
 from specjax import decode, verify
+from specjax.bench import registry
 from specjax.drafters import mlp_speculator as ms
 from specjax.models.params import init_params
 from specjax.training import assets, experiment
@@ -21,17 +23,22 @@ class Tok:
         return [ord(c) % 48 + 2 for c in text]
 
 
-def test_pipeline_trains_and_saves_a_head_for_its_target(tmp_path):
+def _tiny_config(tmp_path, module):
+    """A tiny run's config: 12 small text files, the tiny target, 12 steps."""
     (tmp_path / "src").mkdir()
     for i in range(12):
         (tmp_path / "src" / f"f{i}.txt").write_text(f"def f{i}(x):\n    return x + {i}\n" * 8)
-    params = init_params(TINY, jax.random.key(0), scale=0.3)
-    c = config_module.get_config("tiny").to_dict()
+    c = module.get_config("tiny").to_dict()
     c.update(target="tiny", head_name=str(tmp_path / "head"), batch_size=4)
     c["corpus"].update(sources=f"text:{tmp_path}/src/*.txt", seq_len=32, val_percent=20)
     c["head"].update(draft_vocab=16, n_predict=2)
     c["train"].update(steps=12, eval_every=6, save_every=6, log_every=3, warmup_steps=2)
-    cfg = experiment.from_config_dict(c)
+    return experiment.from_config_dict(c)
+
+
+def test_pipeline_trains_and_saves_a_head_for_its_target(tmp_path):
+    params = init_params(TINY, jax.random.key(0), scale=0.3)
+    cfg = _tiny_config(tmp_path, config_module)
     out = experiment.run(cfg, tmp_path / "work", target=(TINY, params), tokenizer=Tok(),
                          cache=tmp_path / "cache", progress=False, log=lambda s: None)
     ident = assets.target_identity("tiny", TINY, params)
@@ -53,9 +60,30 @@ def test_pipeline_trains_and_saves_a_head_for_its_target(tmp_path):
         assets.load_head(out["head"], assets.target_identity("tiny", TINY, other))
 
 
+def test_an_eagle_head_keeps_only_its_own_weights_and_drafts_from_the_registry(tmp_path):
+    """The EAGLE asset holds the trained layer and the draft vocabulary; the shared
+    embedding and LM head come from the target the registry loaded."""
+    params = init_params(TINY, jax.random.key(0), scale=0.3)
+    cfg = _tiny_config(tmp_path, eagle_config)
+    out = experiment.run(cfg, tmp_path / "work", target=(TINY, params), tokenizer=Tok(),
+                         cache=tmp_path / "cache", progress=False, log=lambda s: None)
+    meta, head = assets.load_head(out["head"], assets.target_identity("tiny", TINY, params))
+    assert meta["kind"] == "eagle" and set(head) == {"fc", "fc_bias", "layer", "vocab_ids"}
+    ref = decode.autoregressive_generate(params, TINY, [[5, 6, 7]], max_new_tokens=8).tokens
+    for name in ("eagle", "eagle2"):
+        ctx = registry.BuildContext(target_cfg=TINY, target_params=params, max_new_tokens=8,
+                                    sampling=registry.Sampling(), eos_ids=(),
+                                    args={name: {"head": out["head"]}})
+        built = registry.get(name).method(ctx)
+        got = decode.speculative_generate(params, TINY, [[5, 6, 7]], method=built.method,
+                                          draft_params=built.draft_params, max_new_tokens=8)
+        assert got.tokens == ref, name
+
+
 def test_config_variants_and_errors():
     for arg in ("", "smollm2", "qwen", "tiny"):
         experiment.from_config_dict(config_module.get_config(arg))
+        assert experiment.from_config_dict(eagle_config.get_config(arg)).head.kind == "eagle"
     c = config_module.get_config("tiny").to_dict()
     c["train"]["lr"] = 1.0
     with pytest.raises(ValueError, match="unknown config key"):

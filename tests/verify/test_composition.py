@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 import specjax.drafters
+from specjax.drafters.eagle import Eagle, Eagle2, EagleConfig
 from specjax.drafters.medusa import Medusa, MedusaConfig
 from specjax.drafters.mlp_speculator import MLPSpeculator, SpeculatorConfig
 from specjax import trees, verify
@@ -95,6 +96,9 @@ DRAFTERS = {  # name: (drafter, its draft law)
                                     top_k=(2, 2), num_candidates=2), laws.DETERMINISTIC_TREE),
     "Medusa": (Medusa(MedusaConfig(dim=32, vocab_size=40, num_heads=2), template=(2, 1), k=2),
                laws.DETERMINISTIC_TREE),
+    "Eagle": (Eagle(EagleConfig.for_target(CFG), template=(2, 1), k=2), laws.DETERMINISTIC_TREE),
+    "Eagle2": (Eagle2(EagleConfig.for_target(CFG), depth=2, top_k=2, num_nodes=5),
+               laws.DETERMINISTIC_TREE),
 }
 
 
@@ -116,7 +120,8 @@ def test_every_drafter_class_declares_a_draft_law():
     missing = [c.__name__ for c in classes if not hasattr(c, "draft_law")]
     assert not missing, f"drafters without draft_law: {missing}"
     covered = {type(d) for d, _ in DRAFTERS.values()}
-    assert set(classes) - covered <= {specjax.drafters.self_spec.SelfChain}  # a mixin
+    mixins = {specjax.drafters.self_spec.SelfChain, specjax.drafters.eagle._EagleBase}
+    assert set(classes) - covered <= mixins
 
 
 @pytest.mark.parametrize("name", list(DRAFTERS))
@@ -341,7 +346,7 @@ OLD_SAMPLING_VERIFIERS = {
     "rsd_s": lambda d: verify.tree_rrs(replacement=False, max_children=d.beam_width),
     **{name: lambda d: verify.deterministic_tree(d.max_children)
        for name in ("token_recycling", "aded", "retrieval", "rasd", "mlp_speculator",
-                    "medusa")},
+                    "medusa", "eagle", "eagle2")},
 }
 OVERRIDES = {  # small shapes (as tests/bench/test_registry.py)
     "token_recycling": "template=2.1", "aded": "template=2.1/slots=256", "sd_tree": "tree=2.1",
@@ -351,6 +356,7 @@ OVERRIDES = {  # small shapes (as tests/bench/test_registry.py)
     "pearl": "gamma=2", "rsd_s": "beam_width=2/depth=2", "sd_chain": "k=2",
     "dyspec": "num_nodes=6/top_k=2/nodes_per_round=2",
     "mlp_speculator": "top_k=2.2/num_candidates=2", "medusa": "template=2.1/k=2",
+    "eagle": "template=2.1/k=2", "eagle2": "depth=2/top_k=2/num_nodes=5",
 }
 COSTS = "1;1.1;1.2;1.3;1.4;1.5;1.6;1.7;1.8"
 
@@ -365,11 +371,9 @@ def build_args(tmp_path_factory):
     tree = path.parent / "sequoia.json"
     sequoia.save_templates(tree, [sequoia.make_template([0.5, 0.2], 4, target="tiny",
                                                         draft="self:1", sampling=Sampling())])
-    save_untrained_heads(params, path.parent, CFG)
     return params, {"self_layers": 1, "datastore": str(path), "sequoia_tree": str(tree),
                     "smartspec": {"step_costs": COSTS},
-                    "mlp_speculator": {"head": str(path.parent / "mlp_head")},
-                    "medusa": {"head": str(path.parent / "medusa_head")}}
+                    **save_untrained_heads(params, path.parent, CFG)}
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, Sampling(temperature=0.8)], ids=["greedy", "T0.8"])
