@@ -15,8 +15,8 @@ followed it:
 
 with the target's embedding and LM head shared and frozen. The layer is a
 decoder layer of the target's own architecture (RMSNorm, RoPE attention with
-the target's heads, SwiGLU); unlike EAGLE-1's it keeps the input norm (as
-EAGLE-3's does). The draft vocabulary can be truncated (FR-Spec,
+the target's heads, SwiGLU) without the input norm, as EAGLE-1's
+(`input_norm=True` adds it, as EAGLE-3's layer has). The draft vocabulary can be truncated (FR-Spec,
 arXiv:2502.14856: `drafters.heads`).
 
 Training (`EagleObjective`): teacher-forced on stored features, the paper's
@@ -83,6 +83,7 @@ class EagleConfig:
     norm_eps: float = 1e-5
     qkv_bias: bool = False
     draft_vocab: int = 0
+    input_norm: bool = False
 
     def __post_init__(self):
         for name in ("dim", "vocab_size", "num_heads", "num_kv_heads", "head_dim", "ffn_dim"):
@@ -96,12 +97,13 @@ class EagleConfig:
                              f"{self.draft_vocab}")
 
     @classmethod
-    def for_target(cls, target_cfg: ModelConfig, draft_vocab: int = 0) -> "EagleConfig":
+    def for_target(cls, target_cfg: ModelConfig, draft_vocab: int = 0,
+                   input_norm: bool = False) -> "EagleConfig":
         t = target_cfg
         return cls(dim=t.dim, vocab_size=t.vocab_size, num_heads=t.num_heads,
                    num_kv_heads=t.num_kv_heads, head_dim=t.head_dim, ffn_dim=t.ffn_dim,
                    rope_theta=t.rope_theta, norm_eps=t.norm_eps, qkv_bias=t.qkv_bias,
-                   draft_vocab=draft_vocab)
+                   draft_vocab=draft_vocab, input_norm=input_norm)
 
     @property
     def head_vocab(self) -> int:
@@ -119,7 +121,7 @@ class EagleConfig:
 
 def init_params(cfg: EagleConfig, key: jax.Array) -> Params:
     """Trainable weights: {"fc": [2D, D], "fc_bias": [D], "layer": one decoder layer
-    (`models.decoder` names: attn_norm, wq, wk, wv[, bq, bk, bv], wo, mlp_norm, w_gate,
+    (`models.decoder` names: [attn_norm,] wq, wk, wv[, bq, bk, bv], wo, mlp_norm, w_gate,
     w_up, w_down)}. The shared embedding and LM head are `frozen_params`."""
     D, F, NH, KH = cfg.dim, cfg.ffn_dim, cfg.num_heads * cfg.head_dim, \
         cfg.num_kv_heads * cfg.head_dim
@@ -128,7 +130,9 @@ def init_params(cfg: EagleConfig, key: jax.Array) -> Params:
     keys = jax.random.split(key, len(shapes) + 1)
     layer = {name: jax.random.normal(k, s) / math.sqrt(s[0])
              for k, (name, s) in zip(keys[1:], shapes.items())}
-    layer.update(attn_norm=jnp.ones((D,)), mlp_norm=jnp.ones((D,)))
+    layer.update(mlp_norm=jnp.ones((D,)))
+    if cfg.input_norm:
+        layer.update(attn_norm=jnp.ones((D,)))
     if cfg.qkv_bias:
         layer.update(bq=jnp.zeros((NH,)), bk=jnp.zeros((KH,)), bv=jnp.zeros((KH,)))
     return {"fc": jax.random.normal(keys[0], (2 * D, D)) / math.sqrt(2 * D),

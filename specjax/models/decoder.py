@@ -108,12 +108,13 @@ def _attention(cfg: ModelConfig, q, k_new, v_new, k_cache, v_cache, mask):
 def attention_block(cfg: ModelConfig, x, lp, k_cache, v_cache, positions, mask):
     """Attention sub-layer with its residual: x + wo(attention(norm(x))).
 
-    x: [B, T, D]; lp: one layer's params; k/v_cache: that layer's cache
+    x: [B, T, D]; lp: one layer's params (without "attn_norm", the input is not
+    normalised: EAGLE-1's draft layer); k/v_cache: that layer's cache
     [B, S, K, H]; positions [B, T]; mask [B, T, S + T] (as in `forward`).
     Returns (x [B, T, D], k [B, T, K, H], v [B, T, K, H])."""
     B, T, _ = x.shape
     N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    h = rms_norm(x, lp["attn_norm"], cfg.norm_eps)
+    h = rms_norm(x, lp["attn_norm"], cfg.norm_eps) if "attn_norm" in lp else x
     q, k, v = dense(h, lp["wq"]), dense(h, lp["wk"]), dense(h, lp["wv"])
     if cfg.qkv_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]

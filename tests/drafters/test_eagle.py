@@ -32,30 +32,34 @@ def _params(cfg=CFG, seed=0, vocab_ids=None):
     return {**eagle.init_params(cfg, k3), **frozen}
 
 
-def _reference_features(p, hidden, tokens):
+def _reference_features(p, hidden, tokens, cfg=CFG):
     """Teacher-forced features of one row: hidden [L, D] features, tokens [L + 1]."""
     L = hidden.shape[0]
-    return eagle.teacher_forced(p, CFG, jnp.asarray(hidden)[None],
+    return eagle.teacher_forced(p, cfg, jnp.asarray(hidden)[None],
                                 jnp.asarray(tokens, jnp.int32)[None],
                                 jnp.ones((1, L + 1), jnp.int32))[0]
 
 
-def test_the_cache_reproduces_the_teacher_forced_layer():
+@pytest.mark.parametrize("input_norm", [False, True])
+def test_the_cache_reproduces_the_teacher_forced_layer(input_norm):
     """init over a prompt, a propose (commits the root pair), an update with an accepted
     path and the next commit give the same root features as one causal pass over the
-    whole sequence of (feature, next token) pairs."""
-    p = _params()
+    whole sequence of (feature, next token) pairs (EAGLE-1's layer without an input
+    norm, and with one)."""
+    cfg = eagle.EagleConfig(**{**CFG.__dict__, "input_norm": input_norm})
+    p = _params(cfg)
+    assert ("attn_norm" in p["layer"]) == input_norm
     rng = np.random.default_rng(0)
     P, N = 6, 9
     toks = rng.integers(0, V, 20)
     feats = rng.normal(size=(20, D)).astype(np.float32)
-    d = eagle.Eagle2(CFG, depth=3, top_k=2, num_nodes=N)
+    d = eagle.Eagle2(cfg, depth=3, top_k=2, num_nodes=N)
     prompt = Prompt(tokens=jnp.asarray(toks[None, :P], jnp.int32),
                     lengths=jnp.array([P], jnp.int32), max_len=32)
     st = d.init(p, prompt, TargetOutputs(hidden=jnp.asarray(feats[None, :P])))
     root = jnp.asarray(toks[P:P + 1], jnp.int32)
     st1, root_feature = d._commit(p, st, root)
-    ref = _reference_features(p, feats[:P], toks[:P + 1])
+    ref = _reference_features(p, feats[:P], toks[:P + 1], cfg)
     np.testing.assert_allclose(root_feature[0], ref[P - 1], rtol=1e-4, atol=1e-4)
     # accept two drafted nodes (tokens toks[P+1], toks[P+2]); the bonus is toks[P+3]
     tree = trees.Tree(tokens=jnp.asarray([[toks[P], 0, toks[P + 1], 0, toks[P + 2]] + [0] * 4],
@@ -70,7 +74,7 @@ def test_the_cache_reproduces_the_teacher_forced_layer():
     st2 = d.update(p, st1, tree, result, TargetOutputs(logits=jnp.zeros((1, N, V)),
                                                        hidden=jnp.asarray(hidden)))
     st3, root_feature = d._commit(p, st2, jnp.asarray(toks[P + 3:P + 4], jnp.int32))
-    ref = _reference_features(p, feats[:P + 3], toks[:P + 4])
+    ref = _reference_features(p, feats[:P + 3], toks[:P + 4], cfg)
     np.testing.assert_allclose(root_feature[0], ref[P + 2], rtol=1e-4, atol=1e-4)
     assert int(st3.length[0]) == P + 3
 
