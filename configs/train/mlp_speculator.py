@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # kind="medusa" trains Medusa heads (n_predict heads, own_head: their own LM heads)
     c.head = ConfigDict(dict(kind="mlp_speculator", n_predict=3, inner_dim=0, draft_vocab=8192,
                              tie_weights=False, scale_input=False, own_head=False))
-    c.train = ConfigDict(dict(steps=1200, learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1,
+    c.train = ConfigDict(dict(steps=800, learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1,
                               weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0, log_every=20,
                               eval_every=200, save_every=200, keep=2, seed=0))
     if arg in (None, "", "smollm2"):
