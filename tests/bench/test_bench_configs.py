@@ -63,3 +63,19 @@ def test_sd_pair_config_variants_parse_and_name_registered_methods(variant):
         assert all(int(i) < 100 for i in cfg.prompts.humaneval.split(","))  # tuning split
     with pytest.raises(ValueError, match="unknown variant"):
         sd_pair.get_config("huge")
+
+
+@pytest.mark.parametrize("variant", ["", "code", "qwen", "small", "qwen+code"])
+def test_trained_heads_config_names_heads_of_its_target(variant):
+    from configs import trained_heads
+    from specjax.bench import registry
+
+    cfg = experiment.from_config_dict(trained_heads.get_config(variant))
+    names = [registry.parse(m)[0].name for m in cfg.methods.split(",")]
+    assert {"autoregressive", "pld", "token_recycling", "mlp_speculator", "eagle2"} <= set(names)
+    target = "qwen2.5-coder-1.5b" if "qwen" in variant else "smollm2-135m"
+    assert cfg.model == target and cfg.draft["eagle2"]["head"].endswith(target)
+    assert all(int(i) < 100 for i in cfg.prompts.humaneval.split(","))  # HumanEval 0-99
+    assert (cfg.prompts.spec_bench_ids == "") == ("code" in variant)
+    with pytest.raises(ValueError, match="unknown variant"):
+        trained_heads.get_config("huge")
