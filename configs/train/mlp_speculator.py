@@ -29,6 +29,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.train = ConfigDict(dict(steps=800, learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1,
                               weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0, log_every=20,
                               eval_every=200, save_every=200, keep=2, seed=0))
+    # the paper's second stage on the target's own generations (steps > 0 enables it):
+    # --config.stage2.steps=300 (1024 prompts of 64 tokens, 192 sampled tokens, top-k 10)
+    c.stage2 = ConfigDict(dict(steps=0, prompts=1024, val_prompts=32, prompt_len=64,
+                               new_tokens=192, temperature=1.0, top_k=10, learning_rate=0.0,
+                               batch=16))
     if arg in (None, "", "smollm2"):
         pass
     elif arg == "qwen":  # the Qwen pair's 1.5B target: a smaller budget (slower teacher)

@@ -12,6 +12,11 @@ teacher pass -> training -> a head asset, each stage cached and resumable.
 4. The head (best validation checkpoint's weights when one exists, else the
    last) saved with its target's identity to `<cache>/heads/<head_name>/`
    (`training.assets`), where configs and `load_head` find it by name.
+5. Optionally (`stage2.steps > 0`) the MLP speculator paper's second stage: the
+   target's own continuations of training prompts (`training.generations`,
+   cached in `<cache>/corpora/`), their teacher pass, and training on them from
+   the stage-1 weights in `<workdir>/stage2`; the stage-1 head is kept as
+   `<head_name>-stage1`, the final one is `<head_name>`.
 
 <cache> = `$SPECJAX_CACHE` or `~/.cache/specjax`.
 """
@@ -26,7 +31,8 @@ from typing import Callable
 
 
 from specjax.drafters import eagle, heads, medusa, mlp_speculator as ms
-from specjax.training import assets, corpus, data as data_lib, teacher, trainer
+from specjax.sampling import Sampling
+from specjax.training import assets, corpus, data as data_lib, generations, teacher, trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +65,32 @@ class HeadConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Stage2Config:
+    """The MLP speculator paper's second stage (arXiv:2404.19124): after stage 1, train on
+    the target's own continuations of `prompts` training prompts (`training.generations`:
+    `prompt_len` prompt tokens, `new_tokens` generated with temperature / top_k; 0 = greedy)
+    for `steps` more steps (0: no stage 2) at `learning_rate` (0 = stage 1's). The
+    stage-1 head is kept as `<head_name>-stage1`."""
+
+    steps: int = 0
+    prompts: int = 1024
+    val_prompts: int = 32
+    prompt_len: int = 64
+    new_tokens: int = 192
+    temperature: float = 1.0
+    top_k: int = 10
+    learning_rate: float = 0.0
+    batch: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainExperimentConfig:
     target: str
     head_name: str
     corpus: CorpusConfig = CorpusConfig()
     head: HeadConfig = HeadConfig()
     train: trainer.TrainConfig = trainer.TrainConfig()
+    stage2: Stage2Config = Stage2Config()
     batch_size: int = 8
     teacher_batch: int = 4
     validation_records: int = 64  # validation examples per evaluation (the first ones)
@@ -87,6 +113,8 @@ def from_config_dict(c) -> TrainExperimentConfig:
     d["head"] = HeadConfig(**checked_keys(HeadConfig, d.get("head", {}), "config.head"))
     d["train"] = trainer.TrainConfig(**checked_keys(trainer.TrainConfig, d.get("train", {}),
                                                     "config.train"))
+    d["stage2"] = Stage2Config(**checked_keys(Stage2Config, d.get("stage2", {}),
+                                              "config.stage2"))
     cfg = TrainExperimentConfig(**d)
     if cfg.head.kind not in HEADS:
         raise ValueError(f"unknown head kind {cfg.head.kind!r}; valid: {HEADS}")
@@ -151,6 +179,58 @@ def run(cfg: TrainExperimentConfig, workdir, *, target=None, tokenizer=None, cac
                      cdir, seq_len=cfg.corpus.seq_len, eos_id=eos, tokenizer_name=cfg.target,
                      max_tokens=cfg.corpus.max_tokens, val_percent=cfg.corpus.val_percent,
                      progress=progress)
+    vocab_ids = None
+    if cfg.head.draft_vocab:
+        vocab_ids = corpus.frequent_tokens(corpus.PackedRecords(cdir, "train"),
+                                           cfg.head.draft_vocab, always=(eos,))
+    hcfg, objective, frozen = head_setup(cfg, tcfg, tparams, vocab_ids)
+    keep = SAVED_FROZEN[cfg.head.kind]
+    saved = {k: v for k, v in frozen.items() if keep is None or k in keep}
+    stage1 = _train_stage(cfg, objective, frozen, target, identity, cdir, root, cfg.train,
+                          Path(workdir), None, log, progress)
+    s2 = cfg.stage2
+    name1 = f"{cfg.head_name}-stage1" if s2.steps else cfg.head_name
+    out = assets.save_head(name1, cfg.head.kind, hcfg, {**stage1["params"], **saved}, identity,
+                           training=stage1["record"])
+    log(f"head saved to {out}")
+    result = {"head": str(out), "history": stage1["history"],
+              "best_val_loss": stage1["best_val_loss"], "corpus": str(cdir),
+              "teacher": stage1["teacher"]}
+    if not s2.steps:
+        return result
+    gdir = root / "corpora" / generations_name(cfg, cdir.name, identity)
+    if not gdir.is_dir():
+        log(f"generating the stage-2 corpus {gdir}")
+        generations.build(tcfg, tparams, cdir, gdir, target_name=cfg.target,
+                          prompts={"train": s2.prompts, "val": s2.val_prompts},
+                          prompt_len=s2.prompt_len, new_tokens=s2.new_tokens,
+                          sampling=Sampling(temperature=s2.temperature, top_k=s2.top_k),
+                          eos_id=eos, batch=s2.batch, seed=cfg.train.seed, progress=progress)
+    tc = dataclasses.replace(cfg.train, steps=s2.steps, warmup_steps=min(cfg.train.warmup_steps,
+                                                                        s2.steps - 1),
+                             learning_rate=s2.learning_rate or cfg.train.learning_rate)
+    stage2 = _train_stage(cfg, objective, frozen, target, identity, gdir, root, tc,
+                          Path(workdir) / "stage2", stage1["params"], log, progress)
+    out = assets.save_head(cfg.head_name, cfg.head.kind, hcfg, {**stage2["params"], **saved},
+                           identity, training={**stage2["record"], "stage1": stage1["record"]})
+    log(f"stage-2 head saved to {out}")
+    return {**result, "head": str(out), "stage1_head": result["head"],
+            "stage2_history": stage2["history"], "stage2_best_val_loss": stage2["best_val_loss"]}
+
+
+def generations_name(cfg: TrainExperimentConfig, corpus: str, identity: dict) -> str:
+    """Cache directory name of the stage-2 generations of `corpus` by this target."""
+    key = json.dumps([dataclasses.asdict(cfg.stage2), corpus, identity["fingerprint"],
+                      cfg.train.seed], sort_keys=True)
+    return f"{corpus}-gen-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def _train_stage(cfg: TrainExperimentConfig, objective, frozen, target, identity, cdir, root,
+                 train_cfg, workdir: Path, initial_params, log, progress) -> dict:
+    """Teacher pass over a corpus, then training on it in `workdir`: {"params" (the best
+    validation checkpoint's), "history", "best_val_loss", "teacher", "record" (what the
+    head asset records of its training)}."""
+    tcfg, tparams = target
     prov = json.loads((cdir / "provenance.json").read_text())
     tdir = root / "teacher" / f"{cdir.name}-{identity['fingerprint']}"
     for split in ("train", "val"):
@@ -160,32 +240,23 @@ def run(cfg: TrainExperimentConfig, workdir, *, target=None, tokenizer=None, cac
     val_src = teacher.TeacherSource(cdir, tdir / "val", "val", identity)
     val_n = min(cfg.validation_records, len(val_src))
     val_items = [val_src[i] for i in range(val_n)]
-
-    vocab_ids = (corpus.frequent_tokens(train_src.records, cfg.head.draft_vocab, always=(eos,))
-                 if cfg.head.draft_vocab else None)
-    hcfg, objective, frozen = head_setup(cfg, tcfg, tparams, vocab_ids)
+    seq_len = int(prov["seq_len"])
     res = trainer.train(
         objective, frozen,
-        data_lib.batches(train_src, cfg.batch_size, seed=cfg.train.seed), cfg.train, workdir,
+        data_lib.batches(train_src, cfg.batch_size, seed=train_cfg.seed), train_cfg, workdir,
         validation=(lambda: data_lib.eval_batches(val_items, cfg.batch_size)) if val_n else None,
-        tokens_per_batch=cfg.batch_size * cfg.corpus.seq_len, log=log, progress=progress)
+        tokens_per_batch=cfg.batch_size * seq_len, initial_params=initial_params, log=log,
+        progress=progress)
     trainer.plot_curves(workdir)
-    params = _best_params(workdir, res)
     last = res.history[-1] if res.history else {}
-    keep = SAVED_FROZEN[cfg.head.kind]
-    saved = {k: v for k, v in frozen.items() if keep is None or k in keep}
-    out = assets.save_head(cfg.head_name, cfg.head.kind, hcfg,
-                           {**params, **saved}, identity, training={
-                               "corpus": cdir.name, "corpus_provenance": {
-                                   k: prov[k] for k in ("sources", "tokens", "records",
-                                                        "eval_guard", "tokenizer", "seq_len")},
-                               "steps": cfg.train.steps, "batch_size": cfg.batch_size,
-                               "tokens_seen": cfg.train.steps * cfg.batch_size * cfg.corpus.seq_len,
-                               "best_val_loss": res.best_val_loss,
-                               "last": {k: v for k, v in last.items()}})
-    log(f"head saved to {out}")
-    return {"head": str(out), "history": res.history, "best_val_loss": res.best_val_loss,
-            "corpus": str(cdir), "teacher": str(tdir)}
+    record = {"corpus": cdir.name, "corpus_provenance": {
+                  k: prov.get(k) for k in ("sources", "tokens", "records", "eval_guard",
+                                           "tokenizer", "seq_len", "generations")},
+              "steps": train_cfg.steps, "batch_size": cfg.batch_size,
+              "tokens_seen": train_cfg.steps * cfg.batch_size * seq_len,
+              "best_val_loss": res.best_val_loss, "last": dict(last)}
+    return {"params": _best_params(workdir, res), "history": res.history,
+            "best_val_loss": res.best_val_loss, "teacher": str(tdir), "record": record}
 
 
 def _best_params(workdir, res: trainer.TrainResult):

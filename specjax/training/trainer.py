@@ -108,10 +108,13 @@ class TrainState:
     key: jax.Array  # rng key data uint32[2] (plain array: checkpointable)
 
 
-def init_state(objective: Objective, cfg: TrainConfig, frozen=None) -> TrainState:
+def init_state(objective: Objective, cfg: TrainConfig, frozen=None,
+               initial_params=None) -> TrainState:
+    """Step 0: the objective's initial params (or `initial_params`, e.g. a previous
+    stage's), a fresh optimizer state and the run's rng."""
     key = jax.random.key(cfg.seed)
     k_init, k_run = jax.random.split(key)
-    params = objective.init(k_init, frozen)
+    params = objective.init(k_init, frozen) if initial_params is None else initial_params
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer(cfg).init(params), key=jax.random.key_data(k_run))
 
@@ -177,7 +180,7 @@ def evaluate(eval_fn, params, frozen, batches: Iterable[dict], mesh=None) -> dic
 
 def train(objective: Objective, frozen, data: Iterator[dict], cfg: TrainConfig, workdir,
           *, validation: Callable[[], Iterable[dict]] | None = None, mesh=None,
-          tokens_per_batch: int = 0, stop_after: int | None = None,
+          tokens_per_batch: int = 0, stop_after: int | None = None, initial_params=None,
           log: Callable[[str], None] = print, progress: bool = True) -> TrainResult:
     """Trains `objective` from the batches of `data` until `cfg.steps` (see module doc).
 
@@ -188,6 +191,8 @@ def train(objective: Objective, frozen, data: Iterator[dict], cfg: TrainConfig, 
       tokens_per_batch: tokens a batch trains on, for the "tokens" column.
       stop_after: stop (as if killed) after this many steps of this call,
         without a final save (tests of resume).
+      initial_params: start from these params instead of `objective.init`
+        (a second training stage); a resumed run restores its own.
     """
     import orbax.checkpoint as ocp
     from tqdm.auto import tqdm
@@ -199,7 +204,7 @@ def train(objective: Objective, frozen, data: Iterator[dict], cfg: TrainConfig, 
     best = ocp.CheckpointManager(
         workdir / "best", options=ocp.CheckpointManagerOptions(
             max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min", create=True))
-    state = init_state(objective, cfg, frozen)
+    state = init_state(objective, cfg, frozen, initial_params)
     resumed = latest.latest_step() or 0
     if resumed:
         restored = latest.restore(resumed, args=ocp.args.Composite(

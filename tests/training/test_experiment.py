@@ -94,3 +94,38 @@ def test_config_variants_and_errors():
         experiment.from_config_dict(c)
     with pytest.raises(ValueError, match="unknown variant"):
         config_module.get_config("big")
+
+
+def test_stage_two_trains_on_the_targets_generations(tmp_path):
+    """stage2.steps > 0: the target's continuations of training prompts become a corpus
+    (prompts from each split, greedy here, so they are the autoregressive tokens), the
+    stage-1 head is kept apart and the final head records both stages."""
+    from specjax.training import corpus, generations
+
+    params = init_params(TINY, jax.random.key(0), scale=0.3)
+    c = _tiny_config(tmp_path, config_module)
+    c = experiment.dataclasses.replace(c, stage2=experiment.Stage2Config(
+        steps=4, prompts=6, val_prompts=2, prompt_len=8, new_tokens=6, temperature=0.0,
+        batch=4))
+    out = experiment.run(c, tmp_path / "work", target=(TINY, params), tokenizer=Tok(),
+                         cache=tmp_path / "cache", progress=False, log=lambda s: None)
+    ident = assets.target_identity("tiny", TINY, params)
+    meta1, _ = assets.load_head(out["stage1_head"], ident)
+    meta2, _ = assets.load_head(out["head"], ident)
+    assert out["stage1_head"].endswith("-stage1") and len(out["stage2_history"]) >= 1
+    gen = meta2["training"]["corpus_provenance"]["generations"]
+    assert gen["prompt_len"] == 8 and gen["sampling"]["temperature"] == 0.0
+    assert meta2["training"]["stage1"]["corpus"] == meta1["training"]["corpus"]
+    gdir = tmp_path / "cache" / "corpora" / meta2["training"]["corpus"]
+    recs = corpus.PackedRecords(gdir, "train")
+    src_dir = tmp_path / "cache" / "corpora" / meta1["training"]["corpus"]
+    prompts = generations.prompts_of(corpus.PackedRecords(src_dir, "train"), 6, 8)
+    assert len(recs) == len(prompts) == 6 and len(corpus.PackedRecords(gdir, "val")) == 2
+    want = decode.autoregressive_generate(params, TINY, prompts[:1], max_new_tokens=6,
+                                          eos_ids=(1,)).tokens[0]
+    rec = recs[0]
+    n = int(rec["segments"].sum())
+    assert rec["tokens"][:n].tolist() == prompts[0] + want
+    with pytest.raises(FileExistsError):
+        generations.build(TINY, params, src_dir, gdir, target_name="tiny", prompts={"train": 1},
+                          eos_id=1)
