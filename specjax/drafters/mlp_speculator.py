@@ -230,7 +230,9 @@ class MLPSpeculator(DrafterBase):
     """Drafts with a trained MLP speculator (arXiv:2404.19124) from the target's last
     hidden state.
 
-    Candidates as in the reference implementation: stage i keeps the `top_k[i]`
+    Drafting uses the first len(top_k) stages (fewer than trained: the paper's
+    tau-per-stage-count ablation from one head). Candidates as in the reference
+    implementation: stage i keeps the `top_k[i]`
     best tokens of every partial sequence (at most `beam` partial sequences,
     by summed log-probability), the `num_candidates` best full sequences are
     kept and their shared prefixes merged into one padded tree
@@ -252,9 +254,10 @@ class MLPSpeculator(DrafterBase):
     def __post_init__(self):
         object.__setattr__(self, "top_k", tuple(int(k) for k in self.top_k))
         n = self.config.n_predict
-        if len(self.top_k) != n or min(self.top_k) < 1 or max(self.top_k) > self.config.head_vocab:
+        if not 1 <= len(self.top_k) <= n or min(self.top_k) < 1 \
+                or max(self.top_k) > self.config.head_vocab:
             raise ValueError(f"top_k must give 1..{self.config.head_vocab} candidates for each "
-                             f"of the {n} stages; got {self.top_k}")
+                             f"of the first 1..{n} stages; got {self.top_k}")
         if not 1 <= self.num_candidates <= min(self.beam, int(np.prod(self.top_k))):
             raise ValueError(f"num_candidates must lie in [1, min(beam, prod(top_k))] = "
                              f"[1, {min(self.beam, int(np.prod(self.top_k)))}]; got "
@@ -262,7 +265,7 @@ class MLPSpeculator(DrafterBase):
 
     @property
     def num_nodes(self) -> int:
-        return 1 + self.num_candidates * self.config.n_predict
+        return 1 + self.num_candidates * len(self.top_k)
 
     @property
     def vocab_size(self) -> int:

@@ -9,7 +9,7 @@ from specjax.bench.metrics import Record
 from specjax.bench.paper_tables import RunInfo
 
 PAPERS = ["leviathan_sd", "spectr", "rsd", "token_recycling", "cs_drafting", "specdecpp",
-          "dyspec", "pearl"]
+          "dyspec", "pearl", "mlp_speculator", "medusa_eagle"]
 INFO = RunInfo(model="target", draft_model="draft", temperature=0.0)
 
 

@@ -124,9 +124,31 @@ def test_propose_keeps_the_best_sequences_by_summed_log_probability():
     assert int(prop.tree.tokens[0, 0]) == 3 and d.num_nodes == 9
 
 
+def test_fewer_stages_draft_with_the_first_ones():
+    """top_k shorter than n_predict drafts with the first stages only (tau per stage
+    count from one trained head): the best sequences of those stages' candidates."""
+    cfg = ms.SpeculatorConfig(dim=8, vocab_size=7, n_predict=3)
+    p = ms.init_params(cfg, jax.random.key(4))
+    d = ms.MLPSpeculator(cfg, top_k=(3, 2), num_candidates=4)
+    assert d.num_nodes == 9
+    h = jax.random.normal(jax.random.key(5), (1, 8))
+    prop = d.propose(p, ms.SpeculatorState(hidden=h), jnp.array([3]), None, None)
+    s1, l1 = ms.stage(p, cfg, 0, h[0], jnp.array(3))
+    lp1 = jax.nn.log_softmax(l1)
+    scored = []
+    for a in np.argsort(-np.asarray(lp1))[:3]:
+        lp2 = jax.nn.log_softmax(ms.stage(p, cfg, 1, s1, jnp.array(a))[1])
+        scored += [(float(lp1[a] + lp2[b]), (int(a), int(b)))
+                   for b in np.argsort(-np.asarray(lp2))[:2]]
+    best = {seq for _, seq in sorted(scored, reverse=True)[:4]}
+    assert {tuple(x[1:]) for x in _paths(prop.tree, 0)} == best
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="top_k"):
-        ms.MLPSpeculator(CFG, top_k=(2, 2))
+        ms.MLPSpeculator(CFG, top_k=(2, 2, 2, 2))
+    with pytest.raises(ValueError, match="top_k"):
+        ms.MLPSpeculator(CFG, top_k=())
     with pytest.raises(ValueError, match="num_candidates"):
         ms.MLPSpeculator(CFG, top_k=(2, 2, 1), num_candidates=5)
     with pytest.raises(ValueError, match="n_predict"):
