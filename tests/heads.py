@@ -3,13 +3,13 @@
 
 import jax
 
-from specjax.drafters import eagle, heads, medusa, mlp_speculator as ms
+from specjax.drafters import eagle, heads, hydra, medusa, mlp_speculator as ms
 from specjax.training import assets
 
 
 def save_untrained_heads(params, folder, cfg):
     """Head assets for the trained-head methods (untrained weights: lossless anyway), as
-    folder/mlp_head, folder/medusa_head and folder/eagle_head; returns the config.draft
+    folder/mlp_head, folder/medusa_head, folder/eagle_head and folder/hydra_head; returns the config.draft
     sections naming them for each trained-head method."""
     ident = assets.target_identity("tiny", cfg, params)
     scfg = ms.SpeculatorConfig(dim=cfg.dim, vocab_size=cfg.vocab_size, n_predict=2)
@@ -22,6 +22,9 @@ def save_untrained_heads(params, folder, cfg):
     ecfg = eagle.EagleConfig.for_target(cfg)
     assets.save_head(folder / "eagle_head", "eagle", ecfg, eagle.init_params(ecfg,
                                                                          jax.random.key(1)), ident)
+    hcfg = hydra.HydraConfig(dim=cfg.dim, vocab_size=cfg.vocab_size, num_heads=2)
+    assets.save_head(folder / "hydra_head", "hydra", hcfg,
+                     hydra.init_params(hcfg, jax.random.key(1)), ident)
     return head_sections(folder)
 
 
@@ -30,4 +33,5 @@ def head_sections(folder):
     return {"mlp_speculator": {"head": str(folder / "mlp_head")},
             "medusa": {"head": str(folder / "medusa_head")},
             "eagle": {"head": str(folder / "eagle_head")},
-            "eagle2": {"head": str(folder / "eagle_head"), "num_nodes": 8, "depth": 3}}
+            "eagle2": {"head": str(folder / "eagle_head"), "num_nodes": 8, "depth": 3},
+            "hydra": {"head": str(folder / "hydra_head")}}

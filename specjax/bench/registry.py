@@ -767,6 +767,20 @@ def eagle2(ctx: BuildContext, s: Settings) -> Speculative:
                   lambda d: f"eagle2(depth={d.depth},top_k={d.top_k},N={d.num_nodes})")
 
 
+def hydra(ctx: BuildContext, s: Settings) -> Speculative:
+    """Trained Hydra heads (`drafters.hydra`) filling a template tree level by level; the
+    target's embedding and LM head come from the loaded target (the asset holds only the
+    trained weights and the draft vocabulary)."""
+    from specjax.drafters import hydra as hy
+
+    meta, params = _trained_head(ctx, s, "hydra")
+    cfg = hy.HydraConfig(**meta["config"])
+    d = hy.Hydra(cfg, **s.of(hy.Hydra))
+    frozen = hy.frozen_params(cfg, ctx.target_cfg, ctx.target_params, params.get("vocab_ids"))
+    return _speculative(f"hydra({settings.show(d.template)})", d, verifier_for(ctx.sampling, d),
+                        {**params, **frozen})
+
+
 def _parts() -> dict[str, tuple[Part, ...]]:
     """Each method's settings: the parts it is built from (imported here, not at import
     time of every drafter's dependencies)."""
@@ -775,6 +789,7 @@ def _parts() -> dict[str, tuple[Part, ...]]:
     from specjax.drafters.bigram import Bigram
     from specjax.drafters.dyspec import DySpec
     from specjax.drafters.eagle import Eagle, Eagle2
+    from specjax.drafters.hydra import Hydra
     from specjax.drafters.kangaroo import Kangaroo
     from specjax.drafters.max_gram import MaxGram
     from specjax.drafters.medusa import Medusa
@@ -818,6 +833,7 @@ def _parts() -> dict[str, tuple[Part, ...]]:
         "medusa": (Part(TrainedHead), Part(Medusa, ("config", "max_nodes"))),
         "eagle": (Part(TrainedHead), Part(Eagle, ("config", "max_nodes"))),
         "eagle2": (Part(TrainedHead), Part(Eagle2, ("config",))),
+        "hydra": (Part(TrainedHead), Part(Hydra, ("config", "max_nodes"))),
     }
 
 
@@ -867,6 +883,8 @@ _METHODS = [  # name, paper, lossless, needs, builder, derived settings (MethodI
      "a trained EAGLE head (head=NAME, experiments.train)", eagle, {}),
     ("eagle2", "EAGLE-2, Li et al. arXiv:2406.16858 (dynamic tree)", "yes",
      "a trained EAGLE head (head=NAME, experiments.train)", eagle2, {}),
+    ("hydra", "Hydra, Ankner et al. arXiv:2402.05109", "yes",
+     "trained Hydra heads (head=NAME, experiments.train)", hydra, {}),
 ]
 _PARTS = _parts()
 REGISTRY: dict[str, MethodInfo] = {

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from specjax.drafters import eagle, heads, medusa, mlp_speculator as ms
+from specjax.drafters import eagle, heads, hydra, medusa, mlp_speculator as ms
 from specjax.sampling import Sampling
 from specjax.training import assets, corpus, data as data_lib, generations, teacher, trainer
 
@@ -53,12 +53,14 @@ class HeadConfig:
     the heads' vocabulary to the corpus' most frequent tokens (FR-Spec)."""
 
     kind: str = "mlp_speculator"
-    n_predict: int = 3  # stages (MLP speculator) / heads (Medusa); unused by EAGLE
+    n_predict: int = 3  # stages (MLP speculator) / heads (Medusa, Hydra); unused by EAGLE
     inner_dim: int = 0  # MLP speculator
     draft_vocab: int = 0
     tie_weights: bool = False  # MLP speculator
     scale_input: bool = False  # MLP speculator
     own_head: bool = False  # Medusa: each head its own LM head (else the target's, frozen)
+    num_layers: int = 1  # Hydra: residual blocks per head
+    distill: bool = False  # Hydra: Hydra++ teacher distillation (soft CE to the target's law)
     noise: float = 0.2  # EAGLE: uniform feature-noise amplitude (x 512 / seq_len)
     feature_weight: float = 1.0  # EAGLE: SmoothL1 feature regression
     token_weight: float = 0.1  # EAGLE: soft cross-entropy to the target's next-token law
@@ -97,10 +99,11 @@ class TrainExperimentConfig:
     dtype: str = "float32"
 
 
-HEADS = ("mlp_speculator", "medusa", "eagle")
+HEADS = ("mlp_speculator", "medusa", "eagle", "hydra")
 # frozen inputs a saved head keeps; the others are the target's own tensors, taken from
 # the loaded target at drafting time (registry)
-SAVED_FROZEN = {"mlp_speculator": None, "medusa": None, "eagle": ("vocab_ids",)}
+SAVED_FROZEN = {"mlp_speculator": None, "medusa": None, "eagle": ("vocab_ids",),
+                "hydra": ("vocab_ids",)}
 
 
 def from_config_dict(c) -> TrainExperimentConfig:
@@ -144,6 +147,12 @@ def head_setup(cfg: TrainExperimentConfig, target_cfg, target_params, vocab_ids)
         return (hcfg, eagle.EagleObjective(hcfg, noise=h.noise, feature_weight=h.feature_weight,
                                            token_weight=h.token_weight),
                 eagle.frozen_params(hcfg, target_cfg, target_params, vocab_ids))
+    if h.kind == "hydra":
+        hcfg = hydra.HydraConfig(dim=target_cfg.dim, vocab_size=target_cfg.vocab_size,
+                                 num_heads=h.n_predict, num_layers=h.num_layers,
+                                 draft_vocab=h.draft_vocab, own_head=h.own_head)
+        return (hcfg, hydra.HydraObjective(hcfg, distill=h.distill),
+                hydra.frozen_params(hcfg, target_cfg, target_params, vocab_ids))
     hcfg = medusa.MedusaConfig(dim=target_cfg.dim, vocab_size=target_cfg.vocab_size,
                                num_heads=h.n_predict, own_head=h.own_head,
                                draft_vocab=h.draft_vocab)

@@ -44,7 +44,8 @@ def test_full_table_config_has_every_method(variant):
     cfg = experiment.from_config_dict(full_table.get_config(variant))
     names = {registry.parse(m)[0].name for m in cfg.methods.split(",")}
     # a template / datastore path / trained head to be given
-    needs_file = {"sequoia", "retrieval", "rasd", "mlp_speculator", "medusa", "eagle", "eagle2"}
+    needs_file = {"sequoia", "retrieval", "rasd", "mlp_speculator", "medusa", "eagle", "eagle2",
+                  "hydra"}
     assert names == set(registry.REGISTRY) - needs_file
     assert ("hf_assisted" in cfg.peers) == ("qwen" in variant)
 

@@ -49,6 +49,7 @@ OVERRIDES = {  # small shapes: fast compiles
     "dyspec": "num_nodes=6/top_k=2/nodes_per_round=2",
     "mlp_speculator": "top_k=2.2/num_candidates=2", "medusa": "template=2.1/k=2",
     "eagle": "template=2.1/k=2", "eagle2": "depth=2/top_k=2/num_nodes=5",
+    "hydra": "template=2.1/k=2",
 }
 COSTS = "1;1.1;1.2;1.3;1.4;1.5;1.6;1.7;1.8"  # smartspec's step costs T(0..8), not measured
 
@@ -144,7 +145,7 @@ def test_default_settings_build_what_the_old_registry_built(setup):
     registry's hand-written builders before settings came from the classes."""
     params, _, datastore, tree = setup
     old = _old_builds(params, tree)
-    trained = {"mlp_speculator", "medusa", "eagle", "eagle2"}  # trained heads came after the old registry
+    trained = {"mlp_speculator", "medusa", "eagle", "eagle2", "hydra"}  # trained heads came after the old registry
     assert set(old) == set(registry.REGISTRY) - {"autoregressive", "pearl"} - trained
     args = _args(datastore, tree, smartspec={"step_costs": COSTS})
     for name, (label, drafter, policy) in old.items():

@@ -30,6 +30,7 @@ import pytest
 
 import specjax.drafters
 from specjax.drafters.eagle import Eagle, Eagle2, EagleConfig
+from specjax.drafters.hydra import Hydra, HydraConfig
 from specjax.drafters.medusa import Medusa, MedusaConfig
 from specjax.drafters.mlp_speculator import MLPSpeculator, SpeculatorConfig
 from specjax import trees, verify
@@ -99,6 +100,8 @@ DRAFTERS = {  # name: (drafter, its draft law)
     "Eagle": (Eagle(EagleConfig.for_target(CFG), template=(2, 1), k=2), laws.DETERMINISTIC_TREE),
     "Eagle2": (Eagle2(EagleConfig.for_target(CFG), depth=2, top_k=2, num_nodes=5),
                laws.DETERMINISTIC_TREE),
+    "Hydra": (Hydra(HydraConfig(dim=32, vocab_size=40, num_heads=2), template=(2, 1), k=2),
+              laws.DETERMINISTIC_TREE),
 }
 
 
@@ -346,7 +349,7 @@ OLD_SAMPLING_VERIFIERS = {
     "rsd_s": lambda d: verify.tree_rrs(replacement=False, max_children=d.beam_width),
     **{name: lambda d: verify.deterministic_tree(d.max_children)
        for name in ("token_recycling", "aded", "retrieval", "rasd", "mlp_speculator",
-                    "medusa", "eagle", "eagle2")},
+                    "medusa", "eagle", "eagle2", "hydra")},
 }
 OVERRIDES = {  # small shapes (as tests/bench/test_registry.py)
     "token_recycling": "template=2.1", "aded": "template=2.1/slots=256", "sd_tree": "tree=2.1",
@@ -357,6 +360,7 @@ OVERRIDES = {  # small shapes (as tests/bench/test_registry.py)
     "dyspec": "num_nodes=6/top_k=2/nodes_per_round=2",
     "mlp_speculator": "top_k=2.2/num_candidates=2", "medusa": "template=2.1/k=2",
     "eagle": "template=2.1/k=2", "eagle2": "depth=2/top_k=2/num_nodes=5",
+    "hydra": "template=2.1/k=2",
 }
 COSTS = "1;1.1;1.2;1.3;1.4;1.5;1.6;1.7;1.8"
 
