@@ -9,7 +9,11 @@ HumanEval text: `training.corpus.EvalGuard`), packed into 256-token records.
 The head is saved as `<cache>/heads/<head_name>` with its target's identity.
 """
 
+import dataclasses
+
 from ml_collections import ConfigDict
+
+from specjax.training.experiment import HeadConfig
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -24,8 +28,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                val_percent=2.0, name=""))
     # 3 stages; the heads score the 8192 most frequent tokens of the corpus (FR-Spec);
     # kind="medusa" trains Medusa heads (n_predict heads, own_head: their own LM heads)
-    c.head = ConfigDict(dict(kind="mlp_speculator", n_predict=3, inner_dim=0, draft_vocab=8192,
-                             tie_weights=False, scale_input=False, own_head=False))
+    # every HeadConfig field is here, so --config.head.<field>=... overrides any of them
+    c.head = ConfigDict({**dataclasses.asdict(HeadConfig()), "kind": "mlp_speculator",
+                         "n_predict": 3, "draft_vocab": 8192})
     c.train = ConfigDict(dict(steps=800, learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1,
                               weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0, log_every=20,
                               eval_every=200, save_every=200, keep=2, seed=0))
