@@ -35,14 +35,13 @@ import statistics
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from specjax import decode, policies, verify
+from specjax.bench.loop_runs import bucket_and_cache, generation_of, loop_calls, padded
 from specjax.drafters.draft_model import DraftModel
 from specjax.drafters.prompt_lookup import PromptLookup
 from specjax.models.lm import LanguageModel
-from specjax.sampling import GREEDY
 from specjax.timing import forward_time, interleaved_seconds, prefill_time
 
 
@@ -91,23 +90,11 @@ def measure(target: LanguageModel, target_params, draft: LanguageModel | None, d
     ms = methods(target, draft, k, lazy, max_new_tokens)
     rows, bare = [], []
     # one padded length and cache size for every prompt: each loop compiles once
-    bucket = -(-max(len(p) for p in prompts) // 32) * 32
-    max_len = decode.cache_size(bucket, max_new_tokens, extra=k + 1)
+    bucket, max_len = bucket_and_cache(prompts, max_new_tokens, extra=k + 1)
     for i, ids in enumerate(prompts):
-        tokens, lengths = (jnp.asarray(a) for a in decode.pad_prompts([ids], bucket=bucket))
-        decode.check_tokens(np.asarray(tokens), target.vocab_size)
-        key = jax.random.key(0)
-        calls = {}
-        for name, m in ms.items():
-            if m is None:
-                calls[name] = lambda: decode.autoregressive_loop(
-                    target_params, tokens, lengths, key, model=target,
-                    max_new_tokens=max_new_tokens, sampling=GREEDY, eos_ids=(), max_len=max_len)
-            else:
-                calls[name] = (lambda m=m: decode.speculative_loop(
-                    target_params, draft_params, tokens, lengths, key, target=target, method=m,
-                    max_new_tokens=max_new_tokens, sampling=GREEDY, eos_ids=(),
-                    max_len=max_len))
+        tokens, lengths = padded(ids, bucket, target.vocab_size)
+        calls = loop_calls(target, target_params, draft_params, tokens, lengths, ms,
+                           max_new_tokens=max_new_tokens, max_len=max_len)
         timed = interleaved_seconds(calls, repeats)
         ctx = int(lengths[0]) + max_new_tokens // 2
         ctx_args = dict(context=ctx, max_len=max_len, repeats=7)
@@ -120,17 +107,17 @@ def measure(target: LanguageModel, target_params, draft: LanguageModel | None, d
             b["draft_1"] = forward_time(draft, draft_params, num_tokens=1, **ctx_args)
             b[f"draft_{lazy}"] = forward_time(draft, draft_params, num_tokens=lazy, **ctx_args)
         bare.append(b)
-        ref = np.asarray(timed["autoregressive"][0].tokens)[0]
+        ref = generation_of(timed["autoregressive"][0], False)[2]
         for name, m in ms.items():
             out, total = timed[name]
-            gen, stats = (out, None) if m is None else out
-            n = int(gen.num_tokens[0])
+            _, stats, toks = generation_of(out, m is not None)
+            n = len(toks)
             steps = n - 1 if stats is None else int(stats.steps[0])
             drafted = m is not None and isinstance(m.drafter, DraftModel)
             prefills = b["target_prefill"] + (b["draft_prefill"] if drafted else 0.0)
             rows.append(Row(name, i, total, total - prefills, n, steps,
                             draft_forwards(name, stats, steps, k, lazy) if drafted else 0.0,
-                            bool(np.array_equal(np.asarray(gen.tokens)[0][:n], ref[:n]))))
+                            bool(np.array_equal(toks, ref[:n]))))
             log(f"prompt {i} {name:18s} {1e3 * rows[-1].decode_seconds / n:8.2f} ms/token  "
                 f"steps {steps}")
     return {"rows": [dataclasses.asdict(r) for r in rows], "bare": bare,

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import decode, policies, verify
+from specjax.bench.loop_runs import bucket_and_cache, generation_of, loop_calls, padded
 from specjax.drafters.draft_model import DraftModel
 from specjax.models.lm import LanguageModel
 from specjax.sampling import GREEDY
@@ -172,8 +173,7 @@ def measure_smartspec(target: LanguageModel, target_params, draft: LanguageModel
     steps the run took.
     """
     widths = tuple(range(1, max_k + 2))  # one width per drafted length
-    bucket = -(-max(len(p) for p in prompts) // 32) * 32
-    max_len = decode.cache_size(bucket, max_new_tokens, extra=max_k + 1)
+    bucket, max_len = bucket_and_cache(prompts, max_new_tokens, extra=max_k + 1)
     context = int(np.mean([len(p) for p in prompts])) + max_new_tokens // 2
     common = dict(max_k=max_k, max_pending=max_pending, widths=widths, context=context,
                   repeats=repeats)
@@ -185,28 +185,21 @@ def measure_smartspec(target: LanguageModel, target_params, draft: LanguageModel
         f"k = {mid}: modelled {1e3 * cal.seconds(mid):.2f} ms, measured {1e3 * held_out:.2f} ms")
     chain = DraftModel.chain(draft, max_k, max_pending)
     ms = {"smartspec_loop": cal.costs, "smartspec_bare": cal.bare}
-    methods = {name: decode.Method(chain, verify.greedy, policies.Goodput(costs), widths=widths)
-               for name, costs in ms.items()}
+    methods = {"autoregressive": None, **{
+        name: decode.Method(chain, verify.greedy, policies.Goodput(costs), widths=widths)
+        for name, costs in ms.items()}}
     rows = []
     for i, ids in enumerate(prompts):
-        tokens, lengths = (jnp.asarray(a) for a in decode.pad_prompts([ids], bucket=bucket))
-        decode.check_tokens(np.asarray(tokens), target.vocab_size)
-        common_run = dict(key=jax.random.key(0), max_new_tokens=max_new_tokens, sampling=GREEDY,
-                          eos_ids=(), max_len=max_len)
-        calls = {"autoregressive": lambda: decode.autoregressive_loop(
-            target_params, tokens, lengths, model=target, **common_run)}
-        for name, m in methods.items():
-            calls[name] = (lambda m=m: decode.speculative_loop(
-                target_params, draft_params, tokens, lengths, target=target, method=m,
-                **common_run))
-        times = interleaved_seconds(calls, repeats)
+        tokens, lengths = padded(ids, bucket, target.vocab_size)
+        times = interleaved_seconds(loop_calls(target, target_params, draft_params, tokens,
+                                               lengths, methods, max_new_tokens=max_new_tokens,
+                                               max_len=max_len), repeats)
         t_pre = prefill_time(target, target_params, tokens, lengths, max_len, repeats)
         d_pre = prefill_time(draft, draft_params, tokens, lengths, max_len, repeats)
         ref = None
         for name, (out, seconds) in times.items():
-            gen, stats = (out, None) if name == "autoregressive" else out
-            n = int(gen.num_tokens[0])
-            toks = np.asarray(gen.tokens)[0][:n]
+            _, stats, toks = generation_of(out, methods[name] is not None)
+            n = len(toks)
             ref = toks if ref is None else ref
             per_k = [n - 1] if stats is None else np.asarray(stats.width_steps).tolist()
             rows.append(dict(method=name, prompt=i, tokens=n,

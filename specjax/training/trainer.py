@@ -224,13 +224,13 @@ def train(objective: Objective, frozen, data: Iterator[dict], cfg: TrainConfig, 
             state, metrics = step_fn(state, frozen, shard_batch(next(data), mesh))
             bar.update(1)
             last = step == cfg.steps
-            row = None
-            if step % cfg.log_every == 0 or last:
-                row = {"step": step, "tokens": step * tokens_per_batch, **_host(metrics)}
-            if validation is not None and (step % cfg.eval_every == 0 or last):
+            logged = step % cfg.log_every == 0 or last
+            validated = validation is not None and (step % cfg.eval_every == 0 or last)
+            row = ({"step": step, "tokens": step * tokens_per_batch, **_host(metrics)}
+                   if logged or validated else None)
+            if validated:
                 val = evaluate(eval_fn, state.params, frozen, validation(), mesh)
-                row = {"step": step, "tokens": step * tokens_per_batch,
-                       **(row or _host(metrics)), **{f"val_{k}": v for k, v in val.items()}}
+                row.update({f"val_{k}": v for k, v in val.items()})
                 if val and val["loss"] < best_val:
                     best_val = val["loss"]
                     best.save(step, args=ocp.args.Composite(
