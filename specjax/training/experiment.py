@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 
 from specjax.drafters import eagle, heads, hydra, medusa, mlp_speculator as ms
 from specjax.sampling import Sampling
@@ -95,7 +96,7 @@ class TrainExperimentConfig:
     stage2: Stage2Config = Stage2Config()
     batch_size: int = 8
     teacher_batch: int = 4
-    validation_records: int = 64  # validation examples per evaluation (the first ones)
+    validation_records: int = 64  # validation examples per evaluation (evenly spread)
     dtype: str = "float32"
 
 
@@ -248,7 +249,9 @@ def _train_stage(cfg: TrainExperimentConfig, objective, frozen, target, identity
     train_src = teacher.TeacherSource(cdir, tdir / "train", "train", identity)
     val_src = teacher.TeacherSource(cdir, tdir / "val", "val", identity)
     val_n = min(cfg.validation_records, len(val_src))
-    val_items = [val_src[i] for i in range(val_n)]
+    # spread over the split (its records follow the documents' order: the first ones
+    # would be a few files)
+    val_items = [val_src[int(i)] for i in np.linspace(0, len(val_src) - 1, val_n)]
     seq_len = int(prov["seq_len"])
     res = trainer.train(
         objective, frozen,
