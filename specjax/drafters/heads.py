@@ -15,7 +15,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.drafters.base import TargetOutputs
+from typing import ClassVar
+
+import flax.struct
+
+from specjax.drafters.base import TargetFeatures, TargetOutputs, check_vocab
+
+
+@flax.struct.dataclass
+class HiddenState:
+    """State of a drafter that reads only the target's last hidden state."""
+
+    hidden: jax.Array  # [B, D] the target's last hidden state before the root
+
+
+class ReadsLastHidden:
+    """`init` and `update` of drafters whose state is `HiddenState` (Medusa, Hydra, the MLP
+    speculator): the hidden state at the prompt's last position, then at each step's
+    last accepted node, checked against the head's `config.dim` and `config.vocab_size`.
+    Put it before the drafter's base class."""
+
+    target_features: ClassVar[TargetFeatures] = TargetFeatures(hidden=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def init(self, params, prompt, target: TargetOutputs) -> HiddenState:
+        check_hidden(target, self.config.dim)
+        return HiddenState(hidden=last_prompt_hidden(target, prompt.lengths))
+
+    def update(self, params, state, tree, result, target: TargetOutputs) -> HiddenState:
+        check_vocab(target, self.config.vocab_size, type(self).__name__)
+        check_hidden(target, self.config.dim)
+        return HiddenState(hidden=accepted_hidden(target, result))
 
 
 def check_vocab_ids(vocab_ids, cfg) -> np.ndarray:

@@ -46,14 +46,13 @@ import dataclasses
 import math
 from typing import ClassVar
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from specjax.drafters import heads
-from specjax.drafters.base import Proposal, TargetFeatures, TargetOutputs, TemplateTree, check_vocab
-from specjax.drafters.heads import check_hidden, to_target_ids
+from specjax.drafters.base import Proposal, TemplateTree
+from specjax.drafters.heads import to_target_ids
 from specjax.drafters.token_recycling import first_child_point_mass
 from specjax.sampling import Sampling
 from specjax.trees import Tree, topology_depth
@@ -160,13 +159,11 @@ def teacher_forced_logits(params: Params, cfg: HydraConfig, hidden: jax.Array,
     return jnp.stack(out)
 
 
-@flax.struct.dataclass
-class HydraState:
-    hidden: jax.Array  # [B, D] the target's last hidden state before the root
+HydraState = heads.HiddenState  # the target's last hidden state [B, D]
 
 
 @dataclasses.dataclass(frozen=True)
-class Hydra(TemplateTree):
+class Hydra(heads.ReadsLastHidden, TemplateTree):
     """Hydra drafting (arXiv:2402.05109) from trained heads; `template` is a
     `trees.template_ranks` spec (Medusa's choice list, e.g. "medusa63", or per-depth
     branching factors (4, 2, 1)); the node of rank r at depth d holds the r-th best of
@@ -178,7 +175,6 @@ class Hydra(TemplateTree):
     k: int = 4
     max_nodes: int | None = None
 
-    target_features: ClassVar[TargetFeatures] = TargetFeatures(hidden=True)
     draft_law: ClassVar[str] = laws.DETERMINISTIC_TREE
 
     def __post_init__(self):
@@ -191,16 +187,8 @@ class Hydra(TemplateTree):
                              f"only {self.config.num_heads} Hydra heads")
 
     @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
     def depth(self) -> int:
         return int(topology_depth(np.asarray(self.parents)).max())
-
-    def init(self, params, prompt, target: TargetOutputs) -> HydraState:
-        check_hidden(target, self.config.dim)
-        return HydraState(hidden=heads.last_prompt_hidden(target, prompt.lengths))
 
     def propose(self, params, state: HydraState, root, key, sampling: Sampling,
                 expand=None) -> Proposal:
@@ -225,10 +213,6 @@ class Hydra(TemplateTree):
         return Proposal(tree=tree, draft_probs=first_child_point_mass(tree, self.vocab_size),
                         state=state)
 
-    def update(self, params, state: HydraState, tree, result, target: TargetOutputs):
-        check_vocab(target, self.config.vocab_size, "Hydra")
-        check_hidden(target, self.config.dim)
-        return HydraState(hidden=heads.accepted_hidden(target, result))
 
 
 def distill_cross_entropy(logits: jax.Array, teacher: jax.Array,

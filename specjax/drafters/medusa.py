@@ -29,14 +29,12 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from specjax.drafters import heads
-from specjax.drafters.base import Proposal, TargetFeatures, TemplateTree, TargetOutputs, check_vocab
-from specjax.drafters.heads import check_hidden
+from specjax.drafters.base import Proposal, TemplateTree
 from specjax.drafters.token_recycling import first_child_point_mass
 from specjax.sampling import Sampling
 from specjax.trees import Tree, topology_depth
@@ -101,13 +99,11 @@ def head_logits(params: Params, cfg: MedusaConfig, hidden: jax.Array) -> jax.Arr
     return jnp.stack(out)
 
 
-@flax.struct.dataclass
-class MedusaState:
-    hidden: jax.Array  # [B, D] the target's last hidden state before the root
+MedusaState = heads.HiddenState  # the target's last hidden state [B, D]
 
 
 @dataclasses.dataclass(frozen=True)
-class Medusa(TemplateTree):
+class Medusa(heads.ReadsLastHidden, TemplateTree):
     """Medusa drafting (arXiv:2401.10774) from trained heads; `template` is Medusa's
     choice list ("medusa63") or per-depth branching factors ((4, 2, 1)); ranks at depth d index head d's top
     `k` tokens. params = {**trained weights, **frozen_params(...)}."""
@@ -117,7 +113,6 @@ class Medusa(TemplateTree):
     k: int = 4
     max_nodes: int | None = None
 
-    target_features: ClassVar[TargetFeatures] = TargetFeatures(hidden=True)
     draft_law: ClassVar[str] = laws.DETERMINISTIC_TREE
 
     def __post_init__(self):
@@ -126,14 +121,6 @@ class Medusa(TemplateTree):
         if depth > self.config.num_heads:
             raise ValueError(f"template {self.template!r} is {depth} deep but there are only "
                              f"{self.config.num_heads} Medusa heads")
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    def init(self, params, prompt, target: TargetOutputs) -> MedusaState:
-        check_hidden(target, self.config.dim)
-        return MedusaState(hidden=heads.last_prompt_hidden(target, prompt.lengths))
 
     def propose(self, params, state: MedusaState, root, key, sampling: Sampling,
                 expand=None) -> Proposal:
@@ -151,10 +138,6 @@ class Medusa(TemplateTree):
         return Proposal(tree=tree, draft_probs=first_child_point_mass(tree, self.vocab_size),
                         state=state)
 
-    def update(self, params, state: MedusaState, tree, result, target: TargetOutputs):
-        check_vocab(target, self.config.vocab_size, "Medusa")
-        check_hidden(target, self.config.dim)
-        return MedusaState(hidden=heads.accepted_hidden(target, result))
 
 
 @dataclasses.dataclass(frozen=True)

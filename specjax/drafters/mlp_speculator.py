@@ -33,16 +33,14 @@ import dataclasses
 import math
 from typing import ClassVar
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from specjax import trees
 from specjax.drafters import heads
-from specjax.drafters.base import (DrafterBase, Prompt, Proposal, TargetFeatures, TargetOutputs,
-                                   check_vocab)
-from specjax.drafters.heads import check_hidden, to_target_ids
+from specjax.drafters.base import (DrafterBase, Proposal)
+from specjax.drafters.heads import to_target_ids
 from specjax.drafters.token_recycling import first_child_point_mass
 from specjax.sampling import Sampling
 from specjax.verify import laws
@@ -195,9 +193,7 @@ def loss(params: Params, cfg: SpeculatorConfig, hidden: jax.Array, tokens: jax.A
 # -- the drafter ----------------------------------------------------------------
 
 
-@flax.struct.dataclass
-class SpeculatorState:
-    hidden: jax.Array  # [B, D] the target's last hidden state before the root token
+SpeculatorState = heads.HiddenState  # the target's last hidden state [B, D]
 
 
 def candidate_tree(seqs: jax.Array) -> trees.Tree:
@@ -226,7 +222,7 @@ def candidate_tree(seqs: jax.Array) -> trees.Tree:
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPSpeculator(DrafterBase):
+class MLPSpeculator(heads.ReadsLastHidden, DrafterBase):
     """Drafts with a trained MLP speculator (arXiv:2404.19124) from the target's last
     hidden state.
 
@@ -248,7 +244,6 @@ class MLPSpeculator(DrafterBase):
     num_candidates: int = 5
     beam: int = 64
 
-    target_features: ClassVar[TargetFeatures] = TargetFeatures(hidden=True)
     draft_law: ClassVar[str] = laws.DETERMINISTIC_TREE
 
     def __post_init__(self):
@@ -268,16 +263,8 @@ class MLPSpeculator(DrafterBase):
         return 1 + self.num_candidates * len(self.top_k)
 
     @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
     def max_children(self) -> int:
         return self.num_candidates
-
-    def init(self, params, prompt: Prompt, target: TargetOutputs) -> SpeculatorState:
-        check_hidden(target, self.config.dim)
-        return SpeculatorState(hidden=heads.last_prompt_hidden(target, prompt.lengths))
 
     def propose(self, params, state: SpeculatorState, root, key, sampling: Sampling,
                 expand=None) -> Proposal:
@@ -305,11 +292,6 @@ class MLPSpeculator(DrafterBase):
         return Proposal(tree=tree, draft_probs=first_child_point_mass(tree, cfg.vocab_size),
                         state=state)
 
-    def update(self, params, state: SpeculatorState, tree, result,
-               target: TargetOutputs) -> SpeculatorState:
-        check_vocab(target, self.config.vocab_size, "MLPSpeculator")
-        check_hidden(target, self.config.dim)
-        return SpeculatorState(hidden=heads.accepted_hidden(target, result))
 
 
 # -- training -------------------------------------------------------------------

@@ -138,6 +138,29 @@ ASSETS: dict[str, Asset] = {
 Downloader = Callable[[str, Path], Path]
 
 
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike, *, replace: bool = False):
+    """Yields a fresh temporary directory beside `out`; when the block succeeds it is
+    renamed to `out` (an existing `out` is removed first with `replace`, else
+    FileExistsError), and on any error it is deleted: nothing half-written is left."""
+    import shutil
+
+    out = Path(out)
+    if out.exists() and not replace:
+        raise FileExistsError(f"{out} exists; choose another directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            if not replace:
+                raise FileExistsError(f"{out} appeared while it was being written")
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def cache_dir() -> Path:
     """Root of the specjax cache: `$SPECJAX_CACHE` or `~/.cache/specjax`."""
     env = os.environ.get("SPECJAX_CACHE")

@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +102,10 @@ def save_head(out: str | Path, kind: str, config, params, target: dict,
     """Writes a head directory atomically (replacing an existing one only when complete)."""
     from safetensors.numpy import save_file
 
+    from specjax.models.assets import atomic_directory
+
     out = head_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out, replace=True) as tmp:
         flat = flatten(params)
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()},
                   str(tmp / "params.safetensors"))
@@ -115,11 +113,6 @@ def save_head(out: str | Path, kind: str, config, params, target: dict,
         (tmp / "head.json").write_text(json.dumps(
             {"format": FORMAT, "kind": kind, "config": cfg, "target": target,
              "training": training or {}}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

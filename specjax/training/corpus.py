@@ -31,13 +31,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from specjax.models.assets import atomic_directory
 
 FORMAT = "specjax-packed-v1"
 
@@ -191,14 +191,12 @@ def build(docs: Iterable[Document], encode, out: str | Path, *, seq_len: int, eo
     if out.exists():
         raise FileExistsError(f"{out} exists; corpora are immutable, choose another directory")
     guard = guard or EvalGuard()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     counts = {"documents": 0, "dropped_eval_overlap": 0, "dropped_empty": 0,
               "tokens": {"train": 0, "val": 0}, "records": {"train": 0, "val": 0}}
     files: dict[str, str] = {}
     sources: set[str] = set()
     dropped: list[str] = []
-    try:
+    with atomic_directory(out) as tmp:
         writers = {s: ArrayRecordWriter(str(tmp / f"{s}.array_record"), "group_size:1")
                    for s in ("train", "val")}
         packers = {s: Packer(seq_len) for s in writers}
@@ -244,9 +242,6 @@ def build(docs: Iterable[Document], encode, out: str | Path, *, seq_len: int, eo
                                "dropped": dropped},
                 **counts}
         (tmp / "provenance.json").write_text(json.dumps(prov, indent=1))
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return prov
 
 

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -60,6 +58,7 @@ import numpy as np
 from specjax.drafters import eagle, heads, medusa
 from specjax.models import config as config_lib
 from specjax.models import hf_io
+from specjax.models.assets import atomic_directory
 from specjax.models.params import _BIAS_TENSORS, _LAYER_TENSORS  # the one HF-name table
 from specjax.training import assets
 
@@ -275,16 +274,9 @@ def export_head(head_dir_or_name, out_dir, *, target=None) -> Path:
 def _write_atomically(out: Path, tensors: dict, hf: dict) -> Path:
     if out.exists() and any(out.iterdir()) and not _is_export(out):
         raise ValueError(f"{out} exists and is not a specjax export: not replacing it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out, replace=True) as tmp:
         hf_io.write_safetensors(tensors.items(), tmp)
         hf_io.write_hf_config(hf, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import jax
 import numpy as np
 
 from specjax.sampling import Sampling
+from specjax.models.assets import atomic_directory
 from specjax.training.corpus import FORMAT, PackedRecords
 
 
@@ -71,11 +70,9 @@ def build(target_cfg, target_params, source: str | Path, out: str | Path, *, tar
                          f"{new_tokens}, {batch}")
     seq_len = prompt_len + new_tokens
     src_prov = json.loads((source / "provenance.json").read_text())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     counts = {"tokens": {}, "records": {}, "generated_tokens": {}}
     key = jax.random.key(seed)
-    try:
+    with atomic_directory(out) as tmp:
         for split, n in prompts.items():
             found = prompts_of(PackedRecords(source, split), n, prompt_len)
             writer = ArrayRecordWriter(str(tmp / f"{split}.array_record"), "group_size:1")
@@ -113,7 +110,4 @@ def build(target_cfg, target_params, source: str | Path, out: str | Path, *, tar
                     k: src_prov.get(k) for k in ("sources", "tokens", "records")},
                 **counts}
         (tmp / "provenance.json").write_text(json.dumps(prov, indent=1))
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return prov
