@@ -104,35 +104,16 @@ def _paths(tree, b):
     return out
 
 
-def test_propose_keeps_the_best_sequences_by_summed_log_probability():
-    cfg = ms.SpeculatorConfig(dim=8, vocab_size=7, n_predict=2)
-    p = ms.init_params(cfg, jax.random.key(4))
-    d = ms.MLPSpeculator(cfg, top_k=(3, 2), num_candidates=4)
-    h = jax.random.normal(jax.random.key(5), (1, 8))
-    prop = d.propose(p, ms.SpeculatorState(hidden=h), jnp.array([3]), None, None)
-    # brute force over the top-3 x top-2 candidates
-    s1, l1 = ms.stage(p, cfg, 0, h[0], jnp.array(3))
-    lp1 = jax.nn.log_softmax(l1)
-    scored = []
-    for a in np.argsort(-np.asarray(lp1))[:3]:
-        _, l2 = ms.stage(p, cfg, 1, s1, jnp.array(a))
-        lp2 = jax.nn.log_softmax(l2)
-        for b in np.argsort(-np.asarray(lp2))[:2]:
-            scored.append((float(lp1[a] + lp2[b]), (int(a), int(b))))
-    best = {seq for _, seq in sorted(scored, reverse=True)[:4]}
-    assert {tuple(x[1:]) for x in _paths(prop.tree, 0)} == best
-    assert int(prop.tree.tokens[0, 0]) == 3 and d.num_nodes == 9
-
-
-def test_fewer_stages_draft_with_the_first_ones():
-    """top_k shorter than n_predict drafts with the first stages only (tau per stage
-    count from one trained head): the best sequences of those stages' candidates."""
-    cfg = ms.SpeculatorConfig(dim=8, vocab_size=7, n_predict=3)
+def _best_two_stage_sequences(n_predict: int) -> tuple[set, set]:
+    """(the propose's candidate sequences, a brute force over stage 0's top 3 x stage 1's
+    top 2, best 4 by summed log-probability) for a head of n_predict stages."""
+    cfg = ms.SpeculatorConfig(dim=8, vocab_size=7, n_predict=n_predict)
     p = ms.init_params(cfg, jax.random.key(4))
     d = ms.MLPSpeculator(cfg, top_k=(3, 2), num_candidates=4)
     assert d.num_nodes == 9
     h = jax.random.normal(jax.random.key(5), (1, 8))
     prop = d.propose(p, ms.SpeculatorState(hidden=h), jnp.array([3]), None, None)
+    assert int(prop.tree.tokens[0, 0]) == 3
     s1, l1 = ms.stage(p, cfg, 0, h[0], jnp.array(3))
     lp1 = jax.nn.log_softmax(l1)
     scored = []
@@ -141,7 +122,19 @@ def test_fewer_stages_draft_with_the_first_ones():
         scored += [(float(lp1[a] + lp2[b]), (int(a), int(b)))
                    for b in np.argsort(-np.asarray(lp2))[:2]]
     best = {seq for _, seq in sorted(scored, reverse=True)[:4]}
-    assert {tuple(x[1:]) for x in _paths(prop.tree, 0)} == best
+    return {tuple(x[1:]) for x in _paths(prop.tree, 0)}, best
+
+
+def test_propose_keeps_the_best_sequences_by_summed_log_probability():
+    got, best = _best_two_stage_sequences(2)
+    assert got == best
+
+
+def test_fewer_stages_draft_with_the_first_ones():
+    """top_k shorter than n_predict drafts with the first stages only (tau per stage
+    count from one trained head): the best sequences of those stages' candidates."""
+    got, best = _best_two_stage_sequences(3)
+    assert got == best
 
 
 def test_bad_settings_are_refused():
