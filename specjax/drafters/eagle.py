@@ -58,7 +58,9 @@ from specjax.drafters.base import (DrafterBase, Prompt, Proposal, TargetFeatures
                                    TemplateTree, check_vocab)
 from specjax.drafters.heads import check_hidden, to_target_ids
 from specjax.drafters.token_recycling import first_child_point_mass
+from specjax.models import cache as kv_cache
 from specjax.models import decoder
+from specjax.models.cache import KVBlock, KVCache
 from specjax.models.config import ModelConfig
 from specjax.sampling import Sampling
 from specjax.trees import Tree, topology_depth
@@ -183,12 +185,18 @@ def teacher_forced(params: Params, cfg: EagleConfig, hidden: jax.Array, tokens: 
     """
     B, L = tokens.shape
     T = L - 1
-    x = fuse(params, hidden[:, :T], tokens[:, 1:])
     mask = decoder.causal_mask(B, T) & (segments[:, :T, None] == segments[:, None, :T])
+    return _sequence(params, cfg, hidden[:, :T], tokens[:, 1:], mask)[0]
+
+
+def _sequence(params: Params, cfg: EagleConfig, feature, next_tokens, mask):
+    """The layer over pairs at positions 0..T-1 with no cache: feature [B, T, D],
+    next_tokens int32[B, T], mask bool[B, T, T] -> (features [B, T, D], k, v)."""
+    B, T = next_tokens.shape
+    x = fuse(params, feature, next_tokens)
     empty = jnp.zeros((B, 0, cfg.num_kv_heads, cfg.head_dim), x.dtype)
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    out, _, _ = layer(params, cfg, x, empty, empty, positions, mask)
-    return out
+    return layer(params, cfg, x, empty, empty, positions, mask)
 
 
 def loss(params: Params, cfg: EagleConfig, hidden, tokens, segments, key=None, *,
@@ -250,18 +258,17 @@ class EagleState:
     token being the root (filled in at `propose`).
     """
 
-    k: jax.Array  # [B, S, K, H] the layer's keys (S = max_len + W)
-    v: jax.Array  # [B, S, K, H]
-    length: jax.Array  # int32[B] committed pairs
+    cache: KVCache  # the layer's cache: k, v [1, B, S, K, H], length int32[B] committed pairs
     feature: jax.Array  # f32[B, W, D] the target's features of the pending pairs
     token: jax.Array  # int32[B, W] their tokens (slot count - 1: the root's, at propose)
     count: jax.Array  # int32[B] pending pairs, >= 1
 
 
-def _write(cache: jax.Array, block: jax.Array, start: jax.Array) -> jax.Array:
-    """cache [B, S, K, H] with block [B, W, K, H] written at slots start[b].. of each row."""
-    return jax.vmap(lambda c, b, s: jax.lax.dynamic_update_slice(
-        c, b.astype(c.dtype), (s, 0, 0)))(cache, block, start)
+def _commit_block(cache: KVCache, k, v, count) -> KVCache:
+    """`kv_cache.commit` of the first count[b] of a block's T pairs (k, v [B, T, K, H])."""
+    B, T = k.shape[:2]
+    path = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    return kv_cache.commit(cache, KVBlock(k=k[None], v=v[None]), path, count)
 
 
 class _EagleBase(DrafterBase):
@@ -286,15 +293,11 @@ class _EagleBase(DrafterBase):
         B, P = prompt.tokens.shape
         W = self.width
         nxt = jnp.concatenate([prompt.tokens[:, 1:], jnp.zeros((B, 1), jnp.int32)], axis=1)
-        x = fuse(params, target.hidden, nxt)
-        empty = jnp.zeros((B, 0, cfg.num_kv_heads, cfg.head_dim), jnp.float32)
-        positions = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
-        _, k, v = layer(params, cfg, x, empty, empty, positions, decoder.causal_mask(B, P))
-        cache = jnp.zeros((B, prompt.max_len + W, cfg.num_kv_heads, cfg.head_dim), jnp.float32)
+        _, k, v = _sequence(params, cfg, target.hidden, nxt, decoder.causal_mask(B, P))
+        cache = kv_cache.init_cache(cfg.layer, B, prompt.max_len, jnp.float32)
         feature = jnp.zeros((B, W, cfg.dim), jnp.float32).at[:, 0].set(
             heads.last_prompt_hidden(target, prompt.lengths).astype(jnp.float32))
-        return EagleState(k=cache.at[:, :P].set(k), v=cache.at[:, :P].set(v),
-                          length=prompt.lengths - 1, feature=feature,
+        return EagleState(cache=_commit_block(cache, k, v, prompt.lengths - 1), feature=feature,
                           token=jnp.zeros((B, W), jnp.int32), count=jnp.ones((B,), jnp.int32))
 
     def update(self, params, state: EagleState, tree, result, target: TargetOutputs):
@@ -316,11 +319,10 @@ class _EagleBase(DrafterBase):
         idx = jnp.arange(W, dtype=jnp.int32)[None, :]
         token = jnp.where(idx == state.count[:, None] - 1, root[:, None], state.token)
         x = fuse(params, state.feature, token)
-        mask = decoder.attention_mask(state.length, state.k.shape[1], decoder.causal_mask(B, W))
-        out, k, v = layer(params, cfg, x, state.k, state.v, state.length[:, None] + idx, mask)
-        state = state.replace(k=_write(state.k, k, state.length),
-                              v=_write(state.v, v, state.length),
-                              length=state.length + state.count)
+        c = state.cache
+        mask = decoder.attention_mask(c.length, c.max_len, decoder.causal_mask(B, W))
+        out, k, v = layer(params, cfg, x, c.k[0], c.v[0], c.length[:, None] + idx, mask)
+        state = state.replace(cache=_commit_block(c, k, v, state.count))
         root_feature = jnp.take_along_axis(out, (state.count - 1)[:, None, None], axis=1)[:, 0]
         return state, root_feature
 
@@ -339,14 +341,14 @@ class _EagleBase(DrafterBase):
           (features [B, w, D], k, v [B, w, K, H]).
         """
         B, w = token.shape
-        S = state.k.shape[1]
-        committed = jnp.arange(S)[None, None, :] < state.length[:, None, None]
-        mask = jnp.concatenate([jnp.broadcast_to(committed, (B, w, S)), seen,
-                                jnp.broadcast_to(jnp.eye(w, dtype=bool), (B, w, w))], axis=-1)
-        positions = jnp.broadcast_to(state.length[:, None] - 1 + depth, (B, w))
+        c = state.cache
+        itself = jnp.broadcast_to(jnp.eye(w, dtype=bool), (B, w, w))
+        mask = decoder.attention_mask(c.length, c.max_len,
+                                      jnp.concatenate([seen, itself], axis=-1))
+        positions = jnp.broadcast_to(c.length[:, None] - 1 + depth, (B, w))
         return layer(params, self.config, fuse(params, feature, token),
-                     jnp.concatenate([state.k, tree_k], axis=1),
-                     jnp.concatenate([state.v, tree_v], axis=1), positions, mask)
+                     jnp.concatenate([c.k[0], tree_k], axis=1),
+                     jnp.concatenate([c.v[0], tree_v], axis=1), positions, mask)
 
     def propose(self, params, state: EagleState, root, key, sampling: Sampling,
                 expand=None) -> Proposal:

@@ -76,7 +76,7 @@ def test_the_cache_reproduces_the_teacher_forced_layer(input_norm):
     st3, root_feature = d._commit(p, st2, jnp.asarray(toks[P + 3:P + 4], jnp.int32))
     ref = _reference_features(p, feats[:P + 3], toks[:P + 4], cfg)
     np.testing.assert_allclose(root_feature[0], ref[P + 2], rtol=1e-4, atol=1e-4)
-    assert int(st3.length[0]) == P + 3
+    assert int(st3.cache.length[0]) == P + 3
 
 
 def _setup(d, p, seed=0, P=5):
