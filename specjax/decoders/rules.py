@@ -214,6 +214,11 @@ class RuleLM:
         return RuleCache(base=self.base.commit(cache.base, kv.base, path, count), state=state,
                          pending=pending)
 
+    def select_rows(self, cache: RuleCache, rows) -> RuleCache:
+        """Row r of the result is row rows[r] of `cache` (beam search's reordering)."""
+        return RuleCache(base=self.base.select_rows(cache.base, rows),
+                         state=_rows(cache.state, lambda x: x[rows]), pending=cache.pending[rows])
+
     def write_slots(self, cache, kv, slots):
         raise ValueError("RuleLM cannot hold provisional tokens (write_slots/compact): use it "
                          "as the target, or as a draft model that drafts with forward + commit")

@@ -22,6 +22,11 @@ and a new mask never recompiles (SWIFT's self-draft, `drafters.swift`,
 skips layers this way). Without a mask the layer loop is the plain one, with
 no conditionals.
 
+`forward` and `decode_step` optionally take the input embeddings instead of
+token ids (`embeds`, used in place of the embedding lookup, the one place
+tokens enter the model): Superposed Decoding (`decoders.superposed`) feeds a
+weighted sum of token embeddings.
+
 Letters: B batch, T new tokens, S cache slots, D model dim, N query heads,
 K kv heads, G = N / K query heads per kv head, H head dim, F MLP dim, V vocab,
 L layers.
@@ -185,14 +190,16 @@ def transformer(
     hidden_layers: tuple[int, ...] = (),
     run: jax.Array | None = None,
     run_mlp: jax.Array | None = None,
+    embeds: jax.Array | None = None,
 ):
     """Runs the layers; returns (hidden after final norm [B,T,D], KVBlock, layer_hidden).
 
     `layer_hidden[j]` is the residual stream after layer `hidden_layers[j]`
     (0-based; -1 means the embeddings). `run` / `run_mlp`: the optional run
-    mask, see `forward`.
+    mask, see `forward`. `embeds` [B, T, D]: optional input embeddings used
+    instead of looking `tokens` up (which may then be None).
     """
-    B, L = tokens.shape[0], len(params["layers"])
+    B, L = (tokens if embeds is None else embeds).shape[0], len(params["layers"])
     if run is None:
         if run_mlp is not None:
             raise ValueError("run_mlp (the MLP sub-layers to run) needs run (the attention "
@@ -203,7 +210,7 @@ def transformer(
                 f"a run mask needs a cache of all {L} layers, got {cache.k.shape[0]}")
         run = jnp.broadcast_to(run, (B, L))
         run_mlp = None if run_mlp is None else jnp.broadcast_to(run_mlp, (B, L))
-    x = params["embed"][tokens]  # [B, T, D]
+    x = params["embed"][tokens] if embeds is None else embeds  # [B, T, D]
     outs, ks, vs = [x], [], []
     for l, lp in enumerate(params["layers"]):  # unrolled: see models.params on why not scan
         if run is None:
@@ -244,13 +251,15 @@ def forward(
     hidden_layers: tuple[int, ...] = (),
     run: jax.Array | None = None,
     run_mlp: jax.Array | None = None,
+    embeds: jax.Array | None = None,
 ) -> ForwardOutput:
     """Runs T new tokens against the cache.
 
     Args:
       params: parameter pytree (see `models.params`).
       cfg: static model config.
-      tokens: int32[B, T] new tokens (e.g. root ++ draft tree nodes).
+      tokens: int32[B, T] new tokens (e.g. root ++ draft tree nodes); may be
+        None when `embeds` is given.
       positions: int32[B, T] their position ids (for a tree:
         cache.length + depth).
       cache: committed keys/values; read only.
@@ -268,6 +277,9 @@ def forward(
         residual) and `run_mlp` the MLP blocks, each under its own
         `lax.cond`. A skipped attention neither reads nor writes context; a
         skipped MLP adds nothing.
+      embeds: optional float[B, T, D] input embeddings (in the embedding's
+        dtype), used instead of looking `tokens` up; None (the default) looks
+        the tokens up. E.g. Superposed Decoding's weighted sum of embeddings.
 
     Returns:
       ForwardOutput(logits [B,T,V], kv [L,B,T,K,H], hidden [B,T,D],
@@ -279,7 +291,7 @@ def forward(
       the row.
     """
     h, kv, layer_hidden = transformer(params, cfg, tokens, positions, cache, mask, hidden_layers,
-                                      run, run_mlp)
+                                      run, run_mlp, embeds)
     return ForwardOutput(logits_from_hidden(params, cfg, h), kv, h, layer_hidden)
 
 
@@ -327,22 +339,27 @@ def decode_step(
     token: jax.Array,
     cache: KVCache,
     active: jax.Array | None = None,
+    embeds: jax.Array | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """One autoregressive step.
 
     Args:
-      token: int32[B] the last token of each row (not yet in the cache).
+      token: int32[B] the last token of each row (not yet in the cache); may
+        be None when `embeds` is given.
       cache: committed keys/values.
       active: optional bool[B]; inactive rows (finished ones) do not grow
         their cache.
+      embeds: optional float[B, D] input embedding of each row, used instead
+        of looking `token` up (see `forward`).
 
     Returns:
       (logits of the next token [B, V], cache with `token` appended).
     """
-    B = token.shape[0]
+    B = (token if embeds is None else embeds).shape[0]
     positions = cache.length[:, None]
     mask = attention_mask(cache.length, cache.max_len, causal_mask(B, 1))
-    out = forward(params, cfg, token[:, None], positions, cache, mask)
+    out = forward(params, cfg, None if token is None else token[:, None], positions, cache, mask,
+                  embeds=None if embeds is None else embeds[:, None])
     count = jnp.ones((B,), jnp.int32) if active is None else active.astype(jnp.int32)
     kv = kvcache_after(out.kv, out.logits)  # in place: after every read of the cache
     return out.logits[:, 0], commit(cache, kv, jnp.zeros((B, 1), jnp.int32), count)

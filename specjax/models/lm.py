@@ -8,7 +8,8 @@ model-free theory checks).
 
 Cache operations used by drafters that draft a tree level by level:
 `write_slots` stores provisional keys/values beyond the committed length and
-`compact` moves an accepted path of them into place.
+`compact` moves an accepted path of them into place. Beam search reorders
+(and duplicates) whole rows with `select_rows`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class LanguageModel(Protocol):
 
     def compact(self, cache, src, count): ...
 
+    def select_rows(self, cache, rows):
+        """rows int32[R]: destination row r takes source row rows[r] -> a cache of R rows
+        (beam search re-selects beams; R may differ from the batch, e.g. B prompts -> B*beams)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class DecoderLM:
@@ -101,6 +106,13 @@ class DecoderLM:
 
     def compact(self, cache, src, count):
         return kvcache.compact(cache, src, count)
+
+    def select_rows(self, cache, rows):
+        # a take along the batch axis of k, v [L, B, S, K, H] and length [B]; re-constrained
+        # so the batch stays sharded over "data" under a mesh
+        take = lambda x: jnp.take(x, rows, axis=1)
+        return sharding.constrain_cache(cache.replace(k=take(cache.k), v=take(cache.v),
+                                                      length=cache.length[rows]))
 
 
 @flax.struct.dataclass
@@ -153,6 +165,9 @@ class MarkovLM:
 
     def compact(self, cache, src, count):
         return MarkovCache(length=cache.length + count)
+
+    def select_rows(self, cache, rows):
+        return MarkovCache(length=cache.length[rows])
 
 
 def as_lm(model) -> LanguageModel:

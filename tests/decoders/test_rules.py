@@ -73,16 +73,23 @@ def tiny_params():
     return init_params(TINY, jax.random.key(0), scale=0.3)
 
 
+_PAD = 64
+_last_logits = jax.jit(lambda p, t, n: DecoderLM(TINY).prefill(
+    p, t, n, DecoderLM(TINY).init_cache(1, _PAD))[0][0])
+
+
+def raw_after(params, seq):
+    """The tiny transformer's raw next-token logits after `seq` (float64 numpy)."""
+    toks = np.zeros((1, _PAD), np.int32)
+    toks[0, :len(seq)] = seq
+    return np.asarray(_last_logits(params, jnp.asarray(toks), jnp.asarray([len(seq)], jnp.int32)),
+                      np.float64)
+
+
 def _host_greedy(params, prompt, n_new):
-    lm = DecoderLM(TINY)
-    pad = 64
-    fn = jax.jit(lambda t, n: lm.prefill(params, t, n, lm.init_cache(1, pad))[0][0])
     seq, last, surprise, out = list(prompt), -1, 0.0, []
     for _ in range(n_new):
-        toks = np.zeros((1, pad), np.int32)
-        toks[0, :len(seq)] = seq
-        raw = np.asarray(fn(jnp.asarray(toks), jnp.asarray([len(seq)], jnp.int32)), np.float64)
-        p, logp = host_law(raw, last, surprise)
+        p, logp = host_law(raw_after(params, seq), last, surprise)
         tok = int(np.argmax(p))
         out.append(tok)
         seq.append(tok)
@@ -226,3 +233,24 @@ def test_rule_lm_refuses_provisional_slots():
     lm = rules.RuleLM(MarkovLM(V), RULE)
     with pytest.raises(ValueError, match="provisional"):
         lm.write_slots(None, None, None)
+
+
+def test_beam_search_under_rule(tiny_params):
+    """Beams reorder the rule's state with their cache rows (`RuleLM.select_rows`): one
+    beam is greedy under the rule; with several, no beam repeats a banned token."""
+    from specjax.decoders.beam_search import beam_search_generate
+
+    lm, params = rules.RuleLM(DecoderLM(TINY), RULE), rules.rule_params(tiny_params)
+    one = beam_search_generate(params, lm, PROMPTS, max_new_tokens=12, beams=1)
+    assert [b[0] for b in one.tokens] == _rule_ar(tiny_params, PROMPTS, 12)
+    many = beam_search_generate(params, lm, PROMPTS, max_new_tokens=12, beams=3, groups=2,
+                                diversity=0.5)
+    for prompt, beams in zip(PROMPTS, many.tokens):
+        for beam in beams:  # replay each beam's state: the rule allowed every token
+            last, surprise = -1, 0.0
+            for i, tok in enumerate(beam):
+                if last >= 0 and surprise < RULE.budget:
+                    assert tok != last, f"beam {beam} breaks the rule at {i}"
+                raw = raw_after(tiny_params, list(prompt) + beam[:i])
+                surprise -= (raw - np.logaddexp.reduce(raw))[tok]
+                last = tok
