@@ -65,8 +65,10 @@ class RuleCache:
 @flax.struct.dataclass
 class RuleBlock:
     """What a forward returns in place of the base model's new keys/values: base_kv, and
-    per node the rule state after its token ([B, T, ...] leaves) and its raw logits
-    float32[B, T, V], so `commit` can take those of the last committed node."""
+    per node the rule state after its token ([1, B, T, ...] leaves) and its raw logits
+    float32[1, B, T, V], so `commit` can take those of the last committed node. The
+    leading axis of 1 puts the node axis where the loop expects it in keys/values
+    ([L, B, T, ...]: the speculative loop scatters a compacted block along axis 2)."""
 
     base: Any
     state: Any
@@ -186,21 +188,21 @@ class RuleLM:
         states = jax.lax.fori_loop(0, T, node, states0)  # [T, B, ...]
         flat = _rows(states, lambda s: jnp.swapaxes(s, 0, 1).reshape((B * T,) + s.shape[2:]))
         logits = self.rule.apply(params["rule"], flat, raw.reshape(B * T, -1)).reshape(raw.shape)
-        per_node = _rows(states, lambda s: jnp.swapaxes(s, 0, 1))  # [B, T, ...]
+        per_node = _rows(states, lambda s: jnp.swapaxes(s, 0, 1)[None])  # [1, B, T, ...]
         return logits, per_node
 
     def forward(self, params, tokens, positions, cache: RuleCache, mask):
         raw, kv = self.base.forward(params["model"], tokens, positions, cache.base, mask)
         logits, states = self._process(params, tokens, mask, cache, raw)
-        return logits, RuleBlock(base=kv, state=states, raw=raw.astype(jnp.float32))
+        return logits, RuleBlock(base=kv, state=states, raw=raw.astype(jnp.float32)[None])
 
     def forward_features(self, params, tokens, positions, cache: RuleCache, mask,
                          hidden_layers=()):
         raw, kv, hidden, layers = self.base.forward_features(
             params["model"], tokens, positions, cache.base, mask, hidden_layers)
         logits, states = self._process(params, tokens, mask, cache, raw)
-        return logits, RuleBlock(base=kv, state=states, raw=raw.astype(jnp.float32)), hidden, \
-            layers
+        block = RuleBlock(base=kv, state=states, raw=raw.astype(jnp.float32)[None])
+        return logits, block, hidden, layers
 
     def commit(self, cache: RuleCache, kv: RuleBlock, path, count):
         """Commits path[:, :count] (as the base model does); the rule state and pending
@@ -209,8 +211,8 @@ class RuleLM:
         rows = jnp.arange(B)
         last = jnp.take_along_axis(path, jnp.maximum(count - 1, 0)[:, None], axis=1)[:, 0]
         moved = count > 0
-        state = _where_rows(moved, _rows(kv.state, lambda s: s[rows, last]), cache.state)
-        pending = jnp.where(moved[:, None], kv.raw[rows, last], cache.pending)
+        state = _where_rows(moved, _rows(kv.state, lambda s: s[0, rows, last]), cache.state)
+        pending = jnp.where(moved[:, None], kv.raw[0, rows, last], cache.pending)
         return RuleCache(base=self.base.commit(cache.base, kv.base, path, count), state=state,
                          pending=pending)
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from specjax import decode, trees, verify
+from specjax import decode, policies, trees, verify
 from specjax.decoders import rules
 from specjax.drafters.draft_model import DraftModel
 from specjax.drafters.prompt_lookup import PromptLookup
@@ -123,10 +123,15 @@ def _methods():
                   "params"),
         "tree": (decode.Method(drafter=DraftModel(draft, topo, "greedy_draft"),
                                verifier=verify.greedy), "params"),
+        # a policy verifies at several widths: the rule's per-node block is scattered back
+        "tree+policy": (decode.Method(drafter=DraftModel(draft, topo, "greedy_draft"),
+                                      verifier=verify.greedy,
+                                      policy=policies.Confidence(threshold=0.3),
+                                      widths=(1, 4, 11)), "params"),
     }
 
 
-@pytest.mark.parametrize("name", ["pld", "chain", "tree"])
+@pytest.mark.parametrize("name", ["pld", "chain", "tree", "tree+policy"])
 def test_greedy_speculative_under_rule_is_identical(tiny_params, name):
     method, dp = _methods()[name]
     n_new = 20
