@@ -194,3 +194,28 @@ def show(value) -> str:
         sep = "." if all(isinstance(x, int) and not isinstance(x, bool) for x in value) else ";"
         return sep.join(show(x) for x in value)
     return str(value)
+
+
+def parse_named(spec: str, table: typing.Mapping[str, Any], what: str):
+    """An instance from `name` or `name:key=value,key=value` (values converted by the
+    fields' types); "" or "none" -> None. `table`: name -> dataclass; `what` names the
+    kind in errors ("policy", "transform").
+
+    Raises:
+      ValueError: an unknown name or key (listing the valid ones), or a bad value.
+    """
+    spec = spec.strip()
+    if spec in ("", "none"):
+        return None
+    name, _, rest = spec.partition(":")
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; valid: {sorted(table)} or 'none'")
+    valid = fields(table[name])
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in valid:
+            raise ValueError(f"bad argument {item!r} of {what} {name!r}; valid keys: "
+                             f"{sorted(valid)}")
+        kwargs[key] = convert(value, valid[key].type, f"{what} {name!r}'s {key}")
+    return table[name](**kwargs)

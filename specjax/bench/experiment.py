@@ -35,7 +35,8 @@ import jax
 import numpy as np
 
 from specjax import sharding
-from specjax.bench import metrics, paper_tables, prompts as prompts_lib, registry, report
+from specjax.bench import metrics, paper_tables, prompts as prompts_lib, quality, registry, report
+from specjax.bench import transforms
 from specjax.bench.map_budget import peak_resident_bytes
 from specjax.bench.runner import Generator, on_any_process, run
 from specjax.sampling import Sampling
@@ -49,6 +50,7 @@ class PromptConfig:
     per_category: int = 1
     humaneval: str = ""
     max_turns: int = 1
+    json_schemas: str = ""  # "all" or names of `decoders.schema_suite.SUITE` tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,8 @@ class ExperimentConfig:
     layout: str = "auto"  # weight layout, models.params.with_layout (auto: measured on CPU)
     mesh: str = ""  # device mesh, e.g. "data:2,model:4" (sharding.parse_mesh); "" = one device
     peers: str = ""
+    transform: str = ""  # every method decodes the transformed target (`bench.transforms`)
+    quality: bool = False  # add the outputs' quality metrics (`bench.quality`)
     max_new_tokens: int = 64
     chat: bool = True
     seed: int = 0
@@ -117,9 +121,13 @@ def load_prompts(pc: PromptConfig) -> list[prompts_lib.Prompt]:
             pc.max_turns)
     if pc.humaneval:
         out += prompts_lib.load_humaneval([int(i) for i in _split(pc.humaneval)])
+    if pc.json_schemas:
+        out += prompts_lib.load_json_schema_tasks(
+            None if pc.json_schemas == "all" else _split(pc.json_schemas))
     if not out:
         raise ValueError("the config selects no prompts (set prompts.spec_bench_categories "
-                         "or prompts.spec_bench_ids, and/or prompts.humaneval)")
+                         "or prompts.spec_bench_ids, prompts.humaneval and/or "
+                         "prompts.json_schemas)")
     return out
 
 
@@ -143,14 +151,22 @@ def build_generators(cfg: ExperimentConfig, tok, target, draft) -> list[Generato
     specs = _split(cfg.methods)
     methods = [registry.parse(m) for m in specs]  # validates names first
     eos = stop_token_ids(tok)
+    transform = transforms.parse(cfg.transform)
+    if transform is not None:
+        transform.check(cfg.sampling)
     ctx = registry.BuildContext(
         target_cfg=target[0], target_params=target[1], max_new_tokens=cfg.max_new_tokens,
         sampling=cfg.sampling, eos_ids=eos, draft_cfg=draft[0] if draft else None,
-        draft_params=draft[1] if draft else None, args=dict(cfg.draft), seed=cfg.seed)
+        draft_params=draft[1] if draft else None, args=dict(cfg.draft), seed=cfg.seed,
+        transform=transform, tokenizer=tok)
     gens = []
     for spec, (info, over) in zip(specs, methods):
         g = info.build(dataclasses.replace(
             ctx, args=registry.with_overrides(ctx.args, info.name, over)))
+        if transform is not None and not g.with_prompt:
+            raise ValueError(f"method {spec!r} does not decode under config.transform "
+                             f"({cfg.transform!r}); the autoregressive baseline and the "
+                             "drafter x verifier methods do")
         gens.append(dataclasses.replace(g, name=spec) if over else g)
     names = [g.name for g in gens]
     if len(set(names)) != len(names):
@@ -327,9 +343,14 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
         gc.collect()
         records += run(build_peers(cfg, tok), items, tok, chat=cfg.chat,
                        records_path=records_path, progress=progress and writer)
+    if cfg.quality:
+        add_quality(records, items, tok, cfg, (tcfg, tparams))
     rows = metrics.summarize(records, baseline="autoregressive",
                              check_identity=cfg.sampling.greedy)
     table = metrics.markdown_table(rows)
+    if any(r.metrics for r in records):
+        table += "\n\nOutput quality (`specjax.bench.quality`), mean over prompts:\n\n" + \
+            quality.quality_table(records)
     result = dict(
         config=jsonable(dataclasses.asdict(cfg)), load_seconds=load_s, table=table,
         platform=str(jax.devices()[0].platform), dtype=tcfg.dtype,
@@ -349,6 +370,21 @@ def run_experiment(cfg: ExperimentConfig, workdir: str | Path, progress: bool = 
     if cfg.paper.layout:
         result["paper_table"] = write_paper_table(workdir, cfg, records)
     return result
+
+
+def add_quality(records, items, tok, cfg: ExperimentConfig, target) -> None:
+    """`quality.add_quality` with the run's target as the scorer (bits/token under the
+    untransformed target) and the JSON schema validator."""
+    from specjax.bench.runner import encode_turns
+    from specjax.decoders import grammar
+    from specjax.decoders.superposed import draft_log_likelihood
+
+    def score(prompts, outs):
+        return draft_log_likelihood(target[1], target[0], prompts, [[o] for o in outs])[:, 0]
+
+    quality.add_quality(
+        records, items, lambda p: encode_turns(tok, p, [], cfg.chat), score,
+        lambda text, schema: grammar.validate(text, json.loads(schema)), batch=1)
 
 
 def _check_not_resuming_many_processes(records_path: Path) -> None:

@@ -74,6 +74,10 @@ class Record:
     turn_texts: list[str] = dataclasses.field(default_factory=list)
     turn_tokens: list[int] = dataclasses.field(default_factory=list)  # new tokens per turn
     turn_seconds: list[float] = dataclasses.field(default_factory=list)
+    # quality metrics of the output (`bench.quality`) and a decoder's own (`GenResult.metrics`)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    # a multi-output decoder's outputs of the first turn (beams, drafts), best first
+    outputs: list[list[int]] = dataclasses.field(default_factory=list)
 
     @property
     def tau(self) -> float:

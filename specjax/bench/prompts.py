@@ -32,6 +32,7 @@ class Prompt:
     category: str
     turns: tuple[str, ...]
     raw: bool = False  # True: feed turns[0] as plain text, no chat template
+    schema: str = ""  # a JSON schema (JSON text) the answer must satisfy ("json_schema")
 
 
 MT_BENCH_TASK = "mt_bench"  # Spec-Bench's task name for the eight MT-bench categories
@@ -161,3 +162,24 @@ def load_humaneval(problems: Sequence[int] | None = None) -> list[Prompt]:
         raise ValueError(f"HumanEval has problems 0..{len(rows) - 1}; got {bad}")
     return [Prompt("humaneval", rows[i]["task_id"], "humaneval", (rows[i]["prompt"],), raw=True)
             for i in idx]
+
+
+def load_json_schema_tasks(names: Sequence[str] | None = None) -> list[Prompt]:
+    """The JSONSchemaBench-style suite (`decoders.schema_suite.SUITE`) as prompts of
+    source "json_schema": the task's request followed by its schema; `Prompt.schema`
+    holds the schema for constrained decoding (`bench.transforms.Grammar`) and the
+    compliance metric (`bench.quality`). names: None = all."""
+    from specjax.decoders.schema_suite import SUITE
+
+    names = list(SUITE) if names is None else list(names)
+    bad = [n for n in names if n not in SUITE]
+    if bad:
+        raise ValueError(f"unknown JSON schema tasks {bad}; valid: {sorted(SUITE)}")
+    out = []
+    for n in names:
+        task = SUITE[n]
+        schema = json.dumps(task.schema)
+        text = f"{task.prompt}\nAnswer with one compact JSON object matching this schema:\n{schema}"
+        out.append(Prompt(source="json_schema", question_id=f"json/{n}", category="json",
+                          turns=(text,), schema=schema))
+    return out

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import jax
 
 from specjax import decode, policies, settings, trees, verify
-from specjax.bench import step_costs as step_costs_lib
+from specjax.bench import decoder_methods, step_costs as step_costs_lib
 from specjax.bench.runner import GenResult, Generator
 from specjax.drafters.draft_model import DraftModel
 from specjax.models.config import ModelConfig
@@ -55,6 +55,15 @@ class BuildContext:
     draft_params: Any = None
     args: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
+    transform: Any = None  # `bench.transforms`: every method decodes the transformed target
+    tokenizer: Any = None
+
+    def target_for(self, prompt=None) -> tuple[Any, Any]:
+        """(model, params) a generator decodes for `prompt`: the target, or with a
+        transform the transformed target (e.g. under the prompt's grammar)."""
+        if self.transform is None:
+            return self.target_cfg, self.target_params
+        return self.transform.wrap(self.target_cfg, self.target_params, prompt, self.tokenizer)
 
     def draft(self, self_layers: int | None = None) -> tuple[ModelConfig, Any]:
         """The draft model: an explicit one, or the target's first `self_layers`
@@ -334,15 +343,16 @@ class Speculative:
 def _generator(ctx: BuildContext, built: Speculative) -> Generator:
     """A `Generator` running `speculative_generate` with the built method."""
 
-    def fn(ids):
+    def fn(ids, prompt=None):
+        model, params = ctx.target_for(prompt)
         g = decode.speculative_generate(
-            ctx.target_params, ctx.target_cfg, [ids], method=built.method,
+            params, model, [ids], method=built.method,
             draft_params=built.draft_params, max_new_tokens=ctx.max_new_tokens,
             sampling=ctx.sampling, key=jax.random.key(ctx.seed), eos_ids=ctx.eos_ids)
         return GenResult(tokens=g.tokens[0], target_calls=int(g.target_calls[0]),
                          steps=int(g.steps[0]), accept_hist=g.accept_hist[0].tolist())
 
-    return Generator(built.name, fn)
+    return Generator(built.name, fn, with_prompt=ctx.transform is not None)
 
 
 def _speculative(name: str, drafter, verifier, draft_params=None, policy=None,
@@ -366,13 +376,14 @@ def with_node_count(widths: tuple[int, ...] | None, num_nodes: int) -> tuple[int
 
 
 def autoregressive(ctx: BuildContext, s: Settings) -> Generator:
-    def fn(ids):
+    def fn(ids, prompt=None):
+        model, params = ctx.target_for(prompt)
         g = decode.autoregressive_generate(
-            ctx.target_params, ctx.target_cfg, [ids], max_new_tokens=ctx.max_new_tokens,
+            params, model, [ids], max_new_tokens=ctx.max_new_tokens,
             sampling=ctx.sampling, key=jax.random.key(ctx.seed), eos_ids=ctx.eos_ids)
         return GenResult(tokens=g.tokens[0], target_calls=int(g.target_calls[0]))
 
-    return Generator("autoregressive", fn)
+    return Generator("autoregressive", fn, with_prompt=ctx.transform is not None)
 
 
 STEP_COST_SOURCES = ("loop", "bare")
@@ -834,6 +845,9 @@ def _parts() -> dict[str, tuple[Part, ...]]:
         "eagle": (Part(TrainedHead), Part(Eagle, ("config", "max_nodes"))),
         "eagle2": (Part(TrainedHead), Part(Eagle2, ("config",))),
         "hydra": (Part(TrainedHead), Part(Hydra, ("config", "max_nodes"))),
+        "beam_search": (Part(decoder_methods.BeamSettings),),
+        "momentum": (Part(decoder_methods.MomentumSettings),),
+        "superposed": (Part(decoder_methods.SuperposedSettings),),
     }
 
 
@@ -885,6 +899,13 @@ _METHODS = [  # name, paper, lossless, needs, builder, derived settings (MethodI
      "a trained EAGLE head (head=NAME, experiments.train)", eagle2, {}),
     ("hydra", "Hydra, Ankner et al. arXiv:2402.05109", "yes",
      "trained Hydra heads (head=NAME, experiments.train)", hydra, {}),
+    # other decoders (`bench.decoder_methods`): their own outputs, not the target's law
+    ("beam_search", "(diverse) beam search, Vijayakumar et al. arXiv:1610.02424", "no",
+     "nothing", decoder_methods.beam_search, {}),
+    ("momentum", "momentum decoding, Lan et al. arXiv:2212.02175", "no", "nothing",
+     decoder_methods.momentum, {}),
+    ("superposed", "superposed decoding, Shen et al. arXiv:2405.18400", "no",
+     "nothing (n-grams from the prompt)", decoder_methods.superposed, {}),
 ]
 _PARTS = _parts()
 REGISTRY: dict[str, MethodInfo] = {

@@ -34,15 +34,20 @@ class GenResult:
     target_calls: int
     steps: int = 0
     accept_hist: list[int] = dataclasses.field(default_factory=list)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # a decoder's own
+    outputs: list[list[int]] = dataclasses.field(default_factory=list)  # all (beams, drafts)
 
 
 @dataclasses.dataclass(frozen=True)
 class Generator:
-    """A named generation function: prompt token ids -> GenResult."""
+    """A named generation function: prompt token ids -> GenResult (with `with_prompt`,
+    (ids, the benchmark `Prompt`) -> GenResult: e.g. constrained decoding reads the
+    prompt's JSON schema)."""
 
     name: str
-    fn: Callable[[list[int]], GenResult]
+    fn: Callable[..., GenResult]
     jax_based: bool = True  # compilation is tracked and excluded for JAX generators
+    with_prompt: bool = False
 
 
 def encode_turns(tok, prompt: Prompt, answers: Sequence[str], chat: bool) -> list[int]:
@@ -67,16 +72,18 @@ def on_any_process(flag: bool) -> bool:
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def _timed(gen: Generator, ids: list[int]) -> tuple[GenResult, float, float]:
+def _timed(gen: Generator, ids: list[int], prompt: Prompt
+           ) -> tuple[GenResult, float, float]:
     """Runs `gen` once; reruns if it compiled (on any process, so that processes of a
     multi-host run make the same calls). Returns (result, seconds, compile seconds)."""
+    args = (ids, prompt) if gen.with_prompt else (ids,)
     with CompileTimer() as ct:
         t0 = time.perf_counter()
-        res = gen.fn(ids)
+        res = gen.fn(*args)
         seconds = time.perf_counter() - t0
     if on_any_process(ct.seconds > 0):
         t0 = time.perf_counter()
-        res = gen.fn(ids)
+        res = gen.fn(*args)
         seconds = time.perf_counter() - t0
     return res, seconds, ct.seconds
 
@@ -143,9 +150,13 @@ def _run_one(g: Generator, p: Prompt, tok, chat: bool) -> Record:
     compile_s = 0.0
     calls = steps = 0
     hist = np.zeros(1, np.int64)
+    turn_metrics: list[dict[str, float]] = []
+    outputs: list[list[int]] = []
     for _ in p.turns:
         ids = encode_turns(tok, p, answers, chat)
-        res, s, c = _timed(g, ids)
+        res, s, c = _timed(g, ids, p)
+        turn_metrics.append(res.metrics)
+        outputs = outputs or res.outputs  # the first turn's
         turn_seconds.append(s)
         turn_tokens.append(len(res.tokens))
         compile_s += c
@@ -158,4 +169,11 @@ def _run_one(g: Generator, p: Prompt, tok, chat: bool) -> Record:
                   new_tokens=len(all_tokens), seconds=sum(turn_seconds), target_calls=calls,
                   steps=steps, accept_hist=hist.tolist(), compile_seconds=compile_s,
                   tokens=all_tokens, turn_texts=answers, turn_tokens=turn_tokens,
-                  turn_seconds=turn_seconds)
+                  turn_seconds=turn_seconds, metrics=mean_metrics(turn_metrics),
+                  outputs=outputs)
+
+
+def mean_metrics(per_turn: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the turns that report it."""
+    keys = dict.fromkeys(k for m in per_turn for k in m)
+    return {k: float(np.mean([m[k] for m in per_turn if k in m])) for k in keys}

@@ -29,20 +29,7 @@ def parse(spec: str) -> Policy | None:
     Raises:
       ValueError: unknown policy name or argument, listing the valid ones.
     """
-    spec = spec.strip()
-    if spec in ("", "none"):
-        return None
-    name, _, rest = spec.partition(":")
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; valid: {sorted(POLICIES)} or 'none'")
-    fields = settings.fields(POLICIES[name])
-    kwargs = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or key not in fields:
-            raise ValueError(f"bad argument {item!r} of policy {name!r}; valid keys: {sorted(fields)}")
-        kwargs[key] = settings.convert(value, fields[key].type, f"policy {name!r}'s {key}")
-    return POLICIES[name](**kwargs)
+    return settings.parse_named(spec, POLICIES, "policy")
 
 
 __all__ = [

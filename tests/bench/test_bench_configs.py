@@ -46,7 +46,8 @@ def test_full_table_config_has_every_method(variant):
     # a template / datastore path / trained head to be given
     needs_file = {"sequoia", "retrieval", "rasd", "mlp_speculator", "medusa", "eagle", "eagle2",
                   "hydra"}
-    assert names == set(registry.REGISTRY) - needs_file
+    decoders = {"beam_search", "momentum", "superposed"}  # configs/decoders.py
+    assert names == set(registry.REGISTRY) - needs_file - decoders
     assert ("hf_assisted" in cfg.peers) == ("qwen" in variant)
 
 
@@ -80,3 +81,26 @@ def test_trained_heads_config_names_heads_of_its_target(variant):
     assert (cfg.prompts.spec_bench_ids == "") == ("code" in variant)
     with pytest.raises(ValueError, match="unknown variant"):
         trained_heads.get_config("huge")
+
+
+@pytest.mark.parametrize("variant,n,transform", [
+    ("", 8, ""), ("json", 12, "grammar"), ("json+free", 12, ""), ("mirostat", 8, "mirostat"),
+    ("sampling", 8, ""), ("cfg", 8, "cfg"), ("qwen", 4, ""), ("qwen+json", 12, "grammar"),
+    ("small", 2, ""), ("json+small", 2, "grammar")])
+def test_decoders_config(variant, n, transform):
+    from configs import decoders
+    from specjax.bench import transforms
+
+    cfg = experiment.from_config_dict(decoders.get_config(variant))
+    for m in cfg.methods.split(","):
+        registry.parse(m)
+    items = experiment.load_prompts(cfg.prompts)
+    assert len(items) == n and cfg.quality
+    assert cfg.transform.split(":")[0] == transform
+    t = transforms.parse(cfg.transform)
+    if t is not None:
+        t.check(cfg.sampling)
+    if "json" in variant:
+        assert all(p.schema and p.source == "json_schema" for p in items)
+    with pytest.raises(ValueError, match="unknown variant"):
+        decoders.get_config("big")

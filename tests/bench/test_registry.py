@@ -50,6 +50,8 @@ OVERRIDES = {  # small shapes: fast compiles
     "mlp_speculator": "top_k=2.2/num_candidates=2", "medusa": "template=2.1/k=2",
     "eagle": "template=2.1/k=2", "eagle2": "depth=2/top_k=2/num_nodes=5",
     "hydra": "template=2.1/k=2",
+    # the other decoders in their settings that reduce to greedy decoding
+    "beam_search": "beams=1/groups=1", "momentum": "alpha=0", "superposed": "num_drafts=1",
 }
 COSTS = "1;1.1;1.2;1.3;1.4;1.5;1.6;1.7;1.8"  # smartspec's step costs T(0..8), not measured
 
