@@ -15,7 +15,8 @@ Variants:
   (default)  greedy, beam search / diverse beam search, momentum decoding and
              superposed decoding on Spec-Bench writing/roleplay questions and HumanEval
              problems: rep-4 and distinct-2 (momentum, DBS), the beams' distinct-2 (DBS),
-             the drafts' bits/token (superposed: coherence) and speed.
+             the drafts' bits/token (superposed: coherence) and speed; reranking of 4
+             samples at temperature 0.8 by the target's likelihood.
   json       the 12 JSONSchemaBench-style schemas of `decoders.schema_suite`, every method
              under its prompt's grammar (`config.transform = "grammar"`): compliance
              (json valid = 1.0 by construction) and the speedup of constrained SD (prompt
@@ -34,7 +35,7 @@ from ml_collections import ConfigDict
 from configs import quickstart
 
 TEXT_METHODS = ("autoregressive,beam_search/groups=1/beams=4,beam_search,momentum,"
-                "superposed,superposed/ngram_weight=0.5")
+                "superposed,superposed/ngram_weight=0.5,rerank")
 SPEC_BENCH_WRITING = "81,82,91,92"  # MT-bench writing and roleplay, first turns
 
 

@@ -10,6 +10,9 @@ bits/token under the target):
   superposed   superposed decoding, arXiv:2405.18400: k drafts for one forward a step;
                the paper's coherence is the drafts' bits/token, its speed ratio per
                draft k x the speedup over the autoregressive baseline
+  rerank       RankGen-style reranking, arXiv:2205.09726: N candidates sampled at
+               `temperature`, the best by the target's per-token likelihood (the
+               scorer; `decoders.rerank` takes any other)
 
 Logits rules (grammar, mirostat) and guidance are not methods: they transform the
 target for every method of a run (`config.transform`, `bench.transforms`).
@@ -50,6 +53,16 @@ class SuperposedSettings:
     num_drafts: int = 3
     ngram_weight: float = 0.0
     temperature: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankSettings:
+    """num_candidates N sampled at temperature (top_p) and reranked by the target's mean
+    log-likelihood per token."""
+
+    num_candidates: int = 4
+    temperature: float = 0.8
+    top_p: float = 1.0
 
 
 def beam_search(ctx, s) -> Generator:
@@ -94,3 +107,25 @@ def superposed(ctx, s) -> Generator:
                          outputs=g.tokens[0])
 
     return Generator(f"superposed(k={kw['num_drafts']},alpha={kw['ngram_weight']})", fn)
+
+
+def rerank(ctx, s) -> Generator:
+    import jax
+
+    from specjax.decoders.rerank import sample_and_rerank
+    from specjax.sampling import Sampling
+
+    kw = s.of(RerankSettings)
+    sampling = Sampling(temperature=kw["temperature"], top_p=kw["top_p"])
+
+    def fn(ids):
+        r = sample_and_rerank(ctx.target_params, ctx.target_cfg, [ids],
+                              num_candidates=kw["num_candidates"],
+                              max_new_tokens=ctx.max_new_tokens, sampling=sampling,
+                              key=jax.random.key(ctx.seed), eos_ids=ctx.eos_ids)
+        cands = r.candidates[0]
+        # batched forwards: one per generated token (the prefill makes the first) + scoring
+        return GenResult(tokens=cands[0], target_calls=max(map(len, cands)) + 1,
+                         outputs=cands)
+
+    return Generator(f"rerank(N={kw['num_candidates']},T={kw['temperature']})", fn)

@@ -848,6 +848,7 @@ def _parts() -> dict[str, tuple[Part, ...]]:
         "beam_search": (Part(decoder_methods.BeamSettings),),
         "momentum": (Part(decoder_methods.MomentumSettings),),
         "superposed": (Part(decoder_methods.SuperposedSettings),),
+        "rerank": (Part(decoder_methods.RerankSettings),),
     }
 
 
@@ -906,6 +907,8 @@ _METHODS = [  # name, paper, lossless, needs, builder, derived settings (MethodI
      decoder_methods.momentum, {}),
     ("superposed", "superposed decoding, Shen et al. arXiv:2405.18400", "no",
      "nothing (n-grams from the prompt)", decoder_methods.superposed, {}),
+    ("rerank", "RankGen-style reranking, Krishna et al. arXiv:2205.09726", "no",
+     "nothing (the target scores)", decoder_methods.rerank, {}),
 ]
 _PARTS = _parts()
 REGISTRY: dict[str, MethodInfo] = {

@@ -46,7 +46,7 @@ def test_full_table_config_has_every_method(variant):
     # a template / datastore path / trained head to be given
     needs_file = {"sequoia", "retrieval", "rasd", "mlp_speculator", "medusa", "eagle", "eagle2",
                   "hydra"}
-    decoders = {"beam_search", "momentum", "superposed"}  # configs/decoders.py
+    decoders = {"beam_search", "momentum", "superposed", "rerank"}  # configs/decoders.py
     assert names == set(registry.REGISTRY) - needs_file - decoders
     assert ("hf_assisted" in cfg.peers) == ("qwen" in variant)
 

@@ -52,6 +52,7 @@ OVERRIDES = {  # small shapes: fast compiles
     "hydra": "template=2.1/k=2",
     # the other decoders in their settings that reduce to greedy decoding
     "beam_search": "beams=1/groups=1", "momentum": "alpha=0", "superposed": "num_drafts=1",
+    "rerank": "num_candidates=1/temperature=0.0001",
 }
 COSTS = "1;1.1;1.2;1.3;1.4;1.5;1.6;1.7;1.8"  # smartspec's step costs T(0..8), not measured
 
