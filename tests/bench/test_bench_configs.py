@@ -67,7 +67,7 @@ def test_sd_pair_config_variants_parse_and_name_registered_methods(variant):
         sd_pair.get_config("huge")
 
 
-@pytest.mark.parametrize("variant", ["", "code", "qwen", "small", "qwen+code"])
+@pytest.mark.parametrize("variant", ["", "code", "qwen", "small", "qwen+code", "directions"])
 def test_trained_heads_config_names_heads_of_its_target(variant):
     from configs import trained_heads
     from specjax.bench import registry
@@ -78,7 +78,10 @@ def test_trained_heads_config_names_heads_of_its_target(variant):
     target = "qwen2.5-coder-1.5b" if "qwen" in variant else "smollm2-135m"
     assert cfg.model == target and cfg.draft["eagle2"]["head"].endswith(target)
     assert all(int(i) < 100 for i in cfg.prompts.humaneval.split(","))  # HumanEval 0-99
-    assert (cfg.prompts.spec_bench_ids == "") == ("code" in variant)
+    assert (cfg.prompts.spec_bench_ids == "") == ("code" in variant or "directions" in variant)
+    if "directions" in variant:  # the same node budget for Medusa, Hydra, EAGLE-1, EAGLE-2
+        assert {"medusa", "hydra", "eagle"} <= set(names)
+        assert sum("4.2.1" in m or "num_nodes=21" in m for m in cfg.methods.split(",")) == 4
     with pytest.raises(ValueError, match="unknown variant"):
         trained_heads.get_config("huge")
 
