@@ -16,7 +16,9 @@ each, so the two trees compare at the same verification width.
 `directions`: the papers' orderings on HumanEval 0-90 (every tenth), one run:
 Medusa, Hydra, EAGLE-1 (static) and EAGLE-2 (dynamic) at the same 21-node budget
 (template 4.2.1), the MLP speculator's stage 2 against its stage-1 head, and small
-trees for speed (the MLP chain, EAGLE-2 with 8 nodes). Needs the heads
+trees for speed (the MLP chain, EAGLE-2 with 8 nodes), and what the truncated draft
+vocabulary gives (FR-Spec: the same EAGLE head drafting over all 49152 tokens). Needs
+the heads
 `configs/train/*.py` train: `mlp-speculator-<target>` with `--config.stage2.steps=300`
 (keeps `-stage1`), `medusa-<target>` (`--config.head.kind=medusa`), `hydra-<target>`
 (`--config.head.kind=hydra`) and `eagle-<target>`.
@@ -48,7 +50,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
             "autoregressive", "pld", "token_recycling", "mlp_speculator/top_k=1.1.1",
             "mlp_speculator", f"mlp_speculator/head=mlp-speculator-{target}-stage1",
             "medusa/template=4.2.1", "hydra/template=4.2.1", "eagle/template=4.2.1",
-            "eagle2/depth=4/top_k=4/num_nodes=21", "eagle2/depth=4/top_k=2/num_nodes=8"])
+            "eagle2/depth=4/top_k=4/num_nodes=21", "eagle2/depth=4/top_k=2/num_nodes=8",
+            "eagle2/depth=4/top_k=2/num_nodes=8/full_vocab=1"])
         c.prompts.spec_bench_ids = ""
         c.prompts.humaneval = ",".join(str(i) for i in range(0, 100, 10))
     if "code" in variants:

@@ -2,6 +2,7 @@
 (drafting with them is lossless anyway)."""
 
 import jax
+import jax.numpy as jnp
 
 from specjax.drafters import eagle, heads, hydra, medusa, mlp_speculator as ms
 from specjax.training import assets
@@ -19,9 +20,11 @@ def save_untrained_heads(params, folder, cfg):
     frozen = medusa.frozen_params(mcfg, heads.target_head(cfg, params))
     assets.save_head(folder / "medusa_head", "medusa", mcfg,
                      {**medusa.init_params(mcfg, jax.random.key(1)), **frozen}, ident)
-    ecfg = eagle.EagleConfig.for_target(cfg)
-    assets.save_head(folder / "eagle_head", "eagle", ecfg, eagle.init_params(ecfg,
-                                                                         jax.random.key(1)), ident)
+    # a truncated draft vocabulary (every other token, FR-Spec style)
+    ecfg = eagle.EagleConfig.for_target(cfg, draft_vocab=cfg.vocab_size // 2)
+    ids = jnp.arange(0, cfg.vocab_size, 2, dtype=jnp.int32)
+    assets.save_head(folder / "eagle_head", "eagle", ecfg,
+                     {**eagle.init_params(ecfg, jax.random.key(1)), "vocab_ids": ids}, ident)
     hcfg = hydra.HydraConfig(dim=cfg.dim, vocab_size=cfg.vocab_size, num_heads=2)
     assets.save_head(folder / "hydra_head", "hydra", hcfg,
                      hydra.init_params(hcfg, jax.random.key(1)), ident)

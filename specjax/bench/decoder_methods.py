@@ -24,6 +24,9 @@ import dataclasses
 
 from specjax.bench.runner import GenResult, Generator
 
+# the registry names of these methods: not drafter x verifier compositions
+NAMES = frozenset({"beam_search", "momentum", "superposed", "rerank"})
+
 
 @dataclasses.dataclass(frozen=True)
 class BeamSettings:

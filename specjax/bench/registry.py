@@ -750,6 +750,15 @@ def medusa(ctx: BuildContext, s: Settings) -> Speculative:
                         params)
 
 
+@dataclasses.dataclass(frozen=True)
+class DraftVocabulary:
+    """full_vocab: draft over the target's whole vocabulary with a head trained on a
+    truncated one (FR-Spec's comparison, Zhao et al. arXiv:2502.14856: the layer is
+    vocabulary-free; only the frozen LM head's columns change)."""
+
+    full_vocab: bool = False
+
+
 def _eagle(ctx: BuildContext, s: Settings, cls, label: str) -> Speculative:
     """An EAGLE head (`drafters.eagle`) drafting with tree builder `cls`; the shared
     embedding and LM head come from the loaded target (the asset holds only the
@@ -758,9 +767,13 @@ def _eagle(ctx: BuildContext, s: Settings, cls, label: str) -> Speculative:
 
     meta, params = _trained_head(ctx, s, "eagle")
     cfg = eg.EagleConfig(**meta["config"])
+    if s["full_vocab"]:
+        cfg = dataclasses.replace(cfg, draft_vocab=0)
+        params = {k: v for k, v in params.items() if k != "vocab_ids"}
     d = cls(cfg, **s.of(cls))
     frozen = eg.frozen_params(cfg, ctx.target_cfg, ctx.target_params, params.get("vocab_ids"))
-    return _speculative(label(d), d, verifier_for(ctx.sampling, d), {**params, **frozen})
+    name = label(d) + ("[full vocab]" if s["full_vocab"] else "")
+    return _speculative(name, d, verifier_for(ctx.sampling, d), {**params, **frozen})
 
 
 def eagle(ctx: BuildContext, s: Settings) -> Speculative:
@@ -842,8 +855,8 @@ def _parts() -> dict[str, tuple[Part, ...]]:
                  Part(Datastore), draft),
         "mlp_speculator": (Part(TrainedHead), Part(MLPSpeculator, ("config",))),
         "medusa": (Part(TrainedHead), Part(Medusa, ("config", "max_nodes"))),
-        "eagle": (Part(TrainedHead), Part(Eagle, ("config", "max_nodes"))),
-        "eagle2": (Part(TrainedHead), Part(Eagle2, ("config",))),
+        "eagle": (Part(TrainedHead), Part(DraftVocabulary), Part(Eagle, ("config", "max_nodes"))),
+        "eagle2": (Part(TrainedHead), Part(DraftVocabulary), Part(Eagle2, ("config",))),
         "hydra": (Part(TrainedHead), Part(Hydra, ("config", "max_nodes"))),
         "beam_search": (Part(decoder_methods.BeamSettings),),
         "momentum": (Part(decoder_methods.MomentumSettings),),

@@ -3,7 +3,7 @@ the held-out retrieval corpus never contains a selected prompt."""
 
 import pytest
 
-from specjax.bench import experiment, prompts, registry
+from specjax.bench import decoder_methods, experiment, prompts, registry
 
 
 @pytest.mark.parametrize("variant,n", [("", 80), ("qwen", 80), ("small", 8), ("tiny", 1),
@@ -46,7 +46,7 @@ def test_full_table_config_has_every_method(variant):
     # a template / datastore path / trained head to be given
     needs_file = {"sequoia", "retrieval", "rasd", "mlp_speculator", "medusa", "eagle", "eagle2",
                   "hydra"}
-    decoders = {"beam_search", "momentum", "superposed", "rerank"}  # configs/decoders.py
+    decoders = decoder_methods.NAMES  # configs/decoders.py
     assert names == set(registry.REGISTRY) - needs_file - decoders
     assert ("hf_assisted" in cfg.peers) == ("qwen" in variant)
 

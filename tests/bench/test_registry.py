@@ -13,7 +13,7 @@ import pytest
 
 from specjax import decode, policies, verify
 from tests.heads import head_sections, save_untrained_heads
-from specjax.bench import registry
+from specjax.bench import decoder_methods, registry
 from specjax.drafters import cascade
 from specjax.drafters.aded import Aded
 from specjax.drafters.bigram import Bigram
@@ -149,7 +149,8 @@ def test_default_settings_build_what_the_old_registry_built(setup):
     params, _, datastore, tree = setup
     old = _old_builds(params, tree)
     trained = {"mlp_speculator", "medusa", "eagle", "eagle2", "hydra"}  # trained heads came after the old registry
-    assert set(old) == set(registry.REGISTRY) - {"autoregressive", "pearl"} - trained
+    decoders = decoder_methods.NAMES  # and the other decoders
+    assert set(old) == set(registry.REGISTRY) - {"autoregressive", "pearl"} - trained - decoders
     args = _args(datastore, tree, smartspec={"step_costs": COSTS})
     for name, (label, drafter, policy) in old.items():
         built = registry.get(name).method(_ctx(params, args))
@@ -265,3 +266,19 @@ def test_override_beats_section_beats_top_level():
     over = registry.with_overrides(args, "sd_chain", {"policy": "schedule", "k": 6})
     s = info.settings(over)
     assert (s["policy"], s["k"]) == ("schedule", 6)
+
+
+def test_eagle_full_vocab_drafts_over_the_whole_vocabulary(setup):
+    """FR-Spec's comparison: the same head, its frozen LM head over every token."""
+    params, ref, datastore, tree = setup
+    for spec, vocab in (("eagle2/depth=2/top_k=2/num_nodes=5", None),
+                        ("eagle2/depth=2/top_k=2/num_nodes=5/full_vocab=1", V)):
+        info, over = registry.parse(spec)
+        ctx = _ctx(params, registry.with_overrides(_args(datastore, tree), info.name, over))
+        built = info.method(ctx)
+        assert info.build(ctx).fn(list(PROMPT)).tokens == ref
+        if vocab is not None:
+            assert built.method.drafter.config.head_vocab == vocab
+            assert "vocab_ids" not in built.draft_params and "full vocab" in built.name
+        else:
+            assert built.method.drafter.config.head_vocab < V
