@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.draft.hydra = dict(head=f"hydra-{target}")
     if "directions" in variants:
         c.methods = ",".join([
-            "autoregressive", "pld", "token_recycling", "mlp_speculator/top_k=1.1.1",
+            "autoregressive", "pld", "token_recycling", "mlp_speculator/top_k=1.1.1/num_candidates=1",
             "mlp_speculator", f"mlp_speculator/head=mlp-speculator-{target}-stage1",
             "medusa/template=4.2.1", "hydra/template=4.2.1", "eagle/template=4.2.1",
             "eagle2/depth=4/top_k=4/num_nodes=21", "eagle2/depth=4/top_k=2/num_nodes=8",
