@@ -30,6 +30,7 @@ from specjax.drafters.self_spec import (
     check_target_kv,
     commit_target_kv,
     draft_chain,
+    require_plain_kv,
 )
 from specjax.models import decoder
 from specjax.models.cache import KVCache
@@ -79,7 +80,8 @@ class Kangaroo(SelfChain):
         the first l layers, which gives the same keys/values)."""
         tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         if target.cache is not None:
-            return SelfDraftState(cache=_cache_from_target(target.cache, self.exit_layer))
+            return SelfDraftState(cache=_cache_from_target(
+                require_plain_kv("Kangaroo", target.cache), self.exit_layer))
         cfg_l, params_l = self._shallow(params)
         lm = DecoderLM(cfg_l)
         _, cache = lm.prefill(params_l, tokens, lengths, lm.init_cache(tokens.shape[0], max_len))

@@ -167,12 +167,25 @@ def commit_target_kv(cache: KVCache, target_kv: KVBlock, result) -> KVCache:
     return kvcache.commit(cache, kv, result.path, result.num_accepted + 1)
 
 
+def require_plain_kv(who: str, kv):
+    """`kv` (the target's cache or verification block) if it has plain keys/values, else
+    a ValueError: a transformed target (`decoders.rules.RuleLM`,
+    `decoders.guidance.GuidedLM`) wraps them, and the self-drafters cannot read them."""
+    if not hasattr(kv, "k"):
+        raise ValueError(
+            f"{who} reads the target's keys/values, but the target returned a "
+            f"{type(kv).__name__}: a transformed target (decoders.rules.RuleLM, "
+            f"decoders.guidance.GuidedLM) does not expose them; run {who} on a plain target")
+    return kv
+
+
 def check_target_kv(who: str, cfg: ModelConfig, num_layers: int, target_kv) -> KVBlock:
     """The target's KVBlock, or a ValueError saying what is missing or mismatched."""
     if target_kv is None:
         raise ValueError(
             f"{who}.update needs the target's keys/values of the verified tree: call "
             "update(..., TargetOutputs(kv=kv)) (decode.speculative_loop always does)")
+    require_plain_kv(who, target_kv)
     L, _, _, K, H = target_kv.k.shape
     if L < num_layers or (K, H) != (cfg.num_kv_heads, cfg.head_dim):
         raise ValueError(

@@ -107,6 +107,7 @@ from specjax.drafters.self_spec import (
     check_target_kv,
     commit_target_kv,
     draft_chain,
+    require_plain_kv,
 )
 from specjax.models import decoder
 from specjax.models.cache import KVCache
@@ -405,7 +406,9 @@ class Swift(SelfChain):
         tokens, lengths, max_len = prompt.tokens, prompt.lengths, prompt.max_len
         B, U, Hb = tokens.shape[0], self.num_units, self.bo_history
         target_cache = target.cache
-        if target_cache is None:
+        if target_cache is not None:
+            require_plain_kv("SWIFT", target_cache)
+        else:
             lm = DecoderLM(self.cfg)
             _, target_cache = lm.prefill(params, tokens, lengths, lm.init_cache(B, max_len))
         return SwiftState(

@@ -259,3 +259,21 @@ def test_beam_search_under_rule(tiny_params):
                 raw = raw_after(tiny_params, list(prompt) + beam[:i])
                 surprise -= (raw - np.logaddexp.reduce(raw))[tok]
                 last = tok
+
+
+@pytest.mark.parametrize("name", ["kangaroo", "swift"])
+def test_drafters_reading_the_targets_kv_refuse_a_transformed_target(tiny_params, name):
+    from specjax.drafters.kangaroo import Kangaroo
+    from specjax.drafters.swift import Swift
+
+    from specjax.models.params import init_params
+
+    cfg = TINY.replace(num_layers=3)  # SWIFT skips intermediate layers: >= 3
+    params = init_params(cfg, jax.random.key(0), scale=0.3)
+    drafter = (Kangaroo(cfg, exit_layer=1, num_drafts=2) if name == "kangaroo"
+               else Swift(cfg, num_drafts=2))
+    method = decode.Method(drafter=drafter, verifier=verify.greedy)
+    with pytest.raises(ValueError, match="transformed target"):
+        decode.speculative_generate(rules.rule_params(params), rules.RuleLM(DecoderLM(cfg), RULE),
+                                    PROMPTS[:1], method=method, draft_params=params,
+                                    max_new_tokens=4)
