@@ -68,15 +68,25 @@ def python_stdlib(limit: int | None = None) -> Iterator[Document]:
 
 
 def text_files(pattern: str) -> Iterator[Document]:
-    """Plain-text files matching a glob (sorted)."""
+    """Plain-text files matching a glob (sorted), named by their path below the glob's
+    fixed directory, so the train/validation split (a hash of the name) does not depend
+    on where the files live."""
     import glob
 
-    paths = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
+    pattern = str(Path(pattern).expanduser())
+    paths = sorted(glob.glob(pattern, recursive=True))
     if not paths:
         raise ValueError(f"no file matches {pattern!r}")
+    fixed = []
+    for part in Path(pattern).parent.parts:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    base = Path(*fixed) if fixed else Path(".")
     for path in paths:
         raw = Path(path).read_bytes()
-        yield Document(f"text:{pattern}", path, raw.decode("utf-8", "replace"), _sha(raw))
+        yield Document(f"text:{pattern}", str(Path(path).relative_to(base)),
+                       raw.decode("utf-8", "replace"), _sha(raw))
 
 
 def jsonl_file(path: str, field: str = "text") -> Iterator[Document]:

@@ -87,3 +87,17 @@ def test_sources_and_their_errors(tmp_path):
         list(corpus.parse_sources(f"text:{tmp_path}/*.md"))
     with pytest.raises(ValueError, match="no field"):
         list(corpus.parse_sources(f"jsonl:{tmp_path}/d.jsonl"))
+
+
+def test_text_file_names_do_not_depend_on_where_the_files_live(tmp_path):
+    """The split hashes document names: the same files elsewhere give the same names."""
+    from specjax.training import corpus as corpus_lib
+
+    names = []
+    for where in ("a", "b/c"):
+        root = tmp_path / where / "docs"
+        (root / "sub").mkdir(parents=True)
+        (root / "x.txt").write_text("x")
+        (root / "sub" / "y.txt").write_text("y")
+        names.append([d.name for d in corpus_lib.text_files(f"{root}/**/*.txt")])
+    assert names[0] == names[1] == ["sub/y.txt", "x.txt"]
