@@ -30,7 +30,7 @@ import numpy as np
 from specjax.decode.autoregressive import autoregressive_generate
 from specjax.models import decoder
 from specjax.models.config import ModelConfig
-from specjax.models.lm import LanguageModel, as_lm
+from specjax.models.lm import DecoderLM, LanguageModel, as_lm
 from specjax.sampling import Sampling
 
 Prompts = Sequence[Sequence[int]]
@@ -44,27 +44,39 @@ class Scorer(Protocol):
         most candidates of any prompt (entries beyond a prompt's own are ignored)."""
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def continuation_logprob(params, tokens, prompt_len, total_len, *, model: LanguageModel):
+@functools.partial(jax.jit, static_argnames=("model", "width"))
+def continuation_logprob(params, tokens, prompt_len, total_len, *, model: LanguageModel,
+                         width: int | None = None):
     """Teacher-forced log-likelihood of each row's continuation given its prompt.
 
     Args:
       tokens: int32[R, T] right-padded prompt ++ continuation rows.
       prompt_len, total_len: int32[R] where the continuation starts and ends.
+      width: static bound W >= every continuation's length (default T - 1); for a
+        transformer only those W positions per row go through the V-wide LM head.
 
     Returns:
       float32[R]: sum over t in [prompt_len, total_len) of log p(tokens[t] | tokens[:t]).
     """
     R, T = tokens.shape
+    W = T - 1 if width is None else width
     cache = model.init_cache(R, 1)  # one invisible slot: each row is its own whole context
     mask = decoder.attention_mask(model.cache_length(cache), model.max_len(cache),
                                   decoder.causal_mask(R, T))
-    logits, _ = model.forward(params, tokens, jnp.broadcast_to(jnp.arange(T), (R, T)), cache,
-                              mask)
-    lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # predicts t = 1..T-1
-    token_lp = jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]  # [R, T - 1]
-    t = jnp.arange(1, T)[None, :]
-    scored = (t >= prompt_len[:, None]) & (t < total_len[:, None])
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (R, T))
+    j = jnp.arange(W)[None, :]
+    at = jnp.clip(prompt_len[:, None] - 1 + j, 0, T - 2)  # [R, W] row predicting token j
+    if isinstance(model, DecoderLM):
+        h, _, _ = decoder.transformer(params, model.cfg, tokens, positions, cache, mask)
+        hs = jnp.take_along_axis(h, at[..., None], axis=1)  # [R, W, D]
+        logits = decoder.logits_from_hidden(params, model.cfg, hs)
+    else:
+        logits, _ = model.forward(params, tokens, positions, cache, mask)  # [R, T, V]
+        logits = jnp.take_along_axis(logits, at[..., None], axis=1)
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [R, W, V]
+    target = jnp.take_along_axis(tokens, at + 1, axis=1)
+    token_lp = jnp.take_along_axis(lp, target[..., None], axis=-1)[..., 0]  # [R, W]
+    scored = prompt_len[:, None] + j < total_len[:, None]
     return jnp.sum(jnp.where(scored, token_lp, 0.0), axis=1)
 
 
@@ -121,9 +133,11 @@ class LMScorer:
         if tokens.min() < 0 or tokens.max() >= self.model.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.model.vocab_size}); got range "
                              f"[{tokens.min()}, {tokens.max()}]")
+        width = min(T - 1, -(-int(cand_len.max()) // self.bucket) * self.bucket)
         total = np.asarray(continuation_logprob(
             self.params, jnp.asarray(tokens), jnp.asarray(prompt_len),
-            jnp.asarray(prompt_len + cand_len), model=self.model), np.float64)[: len(rows)]
+            jnp.asarray(prompt_len + cand_len), model=self.model, width=width),
+            np.float64)[: len(rows)]
         if self.length_normalize:
             total = total / cand_len[: len(rows)]
         out = np.full((len(prompts), max(len(c) for c in candidates)), -np.inf)

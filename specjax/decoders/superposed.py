@@ -80,9 +80,9 @@ import numpy as np
 
 from specjax.decode.host import pad_prompts, prepare_prompts, raise_on_nan
 from specjax.decode.state import append_tokens
+from specjax.decoders.rerank import continuation_logprob
 from specjax.drafters.datastore import Datastore, build_datastore
 from specjax.drafters.retrieval import suffix_range
-from specjax.models import cache as kvcache
 from specjax.models import decoder
 from specjax.models.config import ModelConfig
 from specjax.models.lm import DecoderLM
@@ -459,24 +459,6 @@ def to_superposed_generation(out: SuperposedOutput) -> SuperposedGeneration:
 # ----------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "width"))
-def _draft_log_likelihood(params, tokens, starts, lens, *, cfg: ModelConfig, width: int):
-    """tokens int32[N, T] prompt ++ draft; starts int32[N] prompt lengths; lens int32[N]
-    draft lengths -> float32[N] sum_j log p(tokens[start + j] | tokens[:start + j])."""
-    N, T = tokens.shape
-    cache = kvcache.init_cache(cfg, N, 1)  # one invisible slot: the text is the whole context
-    mask = decoder.attention_mask(cache.length, cache.max_len, decoder.causal_mask(N, T))
-    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None], (N, T))
-    h, _, _ = decoder.transformer(params, cfg, tokens, positions, cache, mask)  # [N, T, D]
-    j = jnp.arange(width)[None, :]
-    at = jnp.clip(starts[:, None] - 1 + j, 0, T - 1)  # [N, W] position predicting draft token j
-    hs = jnp.take_along_axis(h, at[..., None], axis=1)  # [N, W, D]: only these meet the LM head
-    logp = jax.nn.log_softmax(decoder.logits_from_hidden(params, cfg, hs), axis=-1)
-    target = jnp.take_along_axis(tokens, jnp.clip(at + 1, 0, T - 1), axis=1)
-    lp = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]  # [N, W]
-    return jnp.sum(jnp.where(j < lens[:, None], lp, 0.0), axis=1)
-
-
 def draft_log_likelihood(params, cfg: ModelConfig | DecoderLM,
                          prompts: Sequence[Sequence[int]],
                          drafts: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
@@ -514,6 +496,7 @@ def draft_log_likelihood(params, cfg: ModelConfig | DecoderLM,
     starts = np.array([len(p) for p in prompts for _ in range(K)], np.int32)
     lens = np.array([len(d) for ds in drafts for d in ds], np.int32)
     width = -(-max(int(lens.max()), 1) // 16) * 16
-    ll = _draft_log_likelihood(params, jnp.asarray(tokens), jnp.asarray(starts),
-                               jnp.asarray(lens), cfg=cfg, width=width)
+    ll = continuation_logprob(params, jnp.asarray(tokens), jnp.asarray(starts),
+                              jnp.asarray(starts + lens), model=DecoderLM(cfg),
+                              width=min(width, tokens.shape[1] - 1))
     return np.asarray(ll).reshape(len(prompts), K)
